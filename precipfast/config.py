@@ -1,0 +1,197 @@
+"""Frozen configuration dataclasses: one per concept, one name per setting.
+
+A field has the same name in the dataclass, the CLI flag (`--s-churn` -> `s_churn`), `config.json`
+beside every checkpoint, the bundle manifest and (later) the C struct. Validation happens here, in
+`__post_init__`, so deeper code can trust its inputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+STAGES = ("correction", "downscaling")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """DDPM++/SongUNet-style denoiser backbone (Song et al. 2021; Karras et al. 2022, Appendix F)."""
+    in_channels: int = 1                    # channels of the noisy residual x
+    cond_channels: int = 1                  # conditioning channels concatenated to x (input field + aux)
+    out_channels: int = 1                   # channels of the denoised residual
+    model_channels: int = 32                # channels at the finest level
+    channel_mult: tuple[int, ...] = (1, 2, 2)  # per-level multiplier; len = number of levels
+    num_blocks: int = 1                     # residual blocks per level (encoder; decoder has one more)
+    attn_levels: tuple[int, ...] = (2,)     # level indices (0 = finest) with self-attention
+    channels_per_head: int = 32             # attention head width
+    emb_mult: int = 4                       # noise-embedding width = emb_mult * model_channels
+    dropout: float = 0.0                    # dropout inside residual blocks (training only)
+
+    def __post_init__(self):
+        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+        object.__setattr__(self, "attn_levels", tuple(int(a) for a in self.attn_levels))
+        _check(self.in_channels >= 1, f"unet.in_channels must be >= 1, got {self.in_channels}")
+        _check(self.cond_channels >= 0, f"unet.cond_channels must be >= 0, got {self.cond_channels}")
+        _check(self.model_channels >= 4 and self.model_channels % 4 == 0,
+               f"unet.model_channels must be a positive multiple of 4, got {self.model_channels}")
+        _check(len(self.channel_mult) >= 1 and all(m >= 1 for m in self.channel_mult),
+               f"unet.channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult}")
+        _check(self.num_blocks >= 1, f"unet.num_blocks must be >= 1, got {self.num_blocks}")
+        _check(all(0 <= a < len(self.channel_mult) for a in self.attn_levels),
+               f"unet.attn_levels must index levels 0..{len(self.channel_mult) - 1}, got {self.attn_levels}")
+        _check(0.0 <= self.dropout < 1.0, f"unet.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def downsample_factor(self) -> int:
+        """Inputs are padded to a multiple of this internally (one halving per level below the first)."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+
+@dataclass(frozen=True)
+class EDMConfig:
+    """EDM preconditioning and training noise distribution (Karras et al. 2022, Table 1)."""
+    sigma_data: float = 0.5                 # std of the (residual) data in transformed units
+    p_mean: float = -1.2                    # mean of ln(sigma) during training
+    p_std: float = 1.2                      # std of ln(sigma) during training
+
+    def __post_init__(self):
+        _check(self.sigma_data > 0, f"edm.sigma_data must be > 0, got {self.sigma_data}")
+        _check(self.p_std > 0, f"edm.p_std must be > 0, got {self.p_std}")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """EDM sampler settings (Karras et al. 2022, Algorithm 2 and Eq. 5)."""
+    num_steps: int = 18                     # number of noise levels before the final 0
+    sigma_min: float = 0.002                # smallest nonzero noise level
+    sigma_max: float = 80.0                 # largest noise level (start of sampling)
+    rho: float = 7.0                        # schedule curvature
+    s_churn: float = 0.0                    # stochasticity strength (0 = deterministic ODE)
+    s_min: float = 0.0                      # churn only for sigma in [s_min, s_max]
+    s_max: float = math.inf
+    s_noise: float = 1.0                    # churn noise scale
+    solver: str = "heun"                    # "heun" (2nd order) or "euler"
+
+    def __post_init__(self):
+        _check(self.num_steps >= 2, f"sampler.num_steps must be >= 2, got {self.num_steps}")
+        _check(0 < self.sigma_min < self.sigma_max,
+               f"sampler needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        _check(self.rho > 0, f"sampler.rho must be > 0, got {self.rho}")
+        _check(self.s_churn >= 0, f"sampler.s_churn must be >= 0, got {self.s_churn}")
+        _check(self.solver in ("heun", "euler"), f"sampler.solver must be 'heun' or 'euler', got {self.solver!r}")
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    """Precipitation transform: y = log1p(rate / scale_mm_h) / norm. Inverse clips at 0 mm/h."""
+    kind: str = "log1p"                     # only "log1p" for now
+    scale_mm_h: float = 1.0                 # rate unit inside the log
+    norm: float = 1.0                       # divisor after the log (keeps values O(1))
+
+    def __post_init__(self):
+        _check(self.kind == "log1p", f"transform.kind must be 'log1p', got {self.kind!r}")
+        _check(self.scale_mm_h > 0 and self.norm > 0, "transform.scale_mm_h and transform.norm must be > 0")
+
+
+@dataclass(frozen=True)
+class DegradationConfig:
+    """Satellite-error model turning coarsened radar into IMERG-like input (train/degrade.py).
+
+    r_sat = blur(shift(b * r^gamma_exp)) * lognormal noise, then rain below detect_mm_h removed
+    with probability p_miss. Defaults are matched to imerg_samples.h5 (see README)."""
+    bias_a: float = 0.9                     # multiplicative bias factor b at 1 mm/h
+    gamma_exp: float = 0.75                 # intensity exponent: <1 underestimates heavy rain
+    detect_mm_h: float = 0.5                # rates below this are the "light rain" satellites miss
+    p_miss: float = 0.5                     # probability a light-rain coarse pixel is zeroed
+    shift_px: float = 1.0                   # std of the random displacement, coarse pixels
+    blur_px: float = 0.7                    # Gaussian blur std, coarse pixels
+    noise_std: float = 0.3                  # std of the multiplicative log-normal noise
+    enabled: bool = True                    # False = clean coarsened radar (downscaling-only work)
+
+    def __post_init__(self):
+        _check(self.bias_a > 0, f"degradation.bias_a must be > 0, got {self.bias_a}")
+        _check(self.gamma_exp > 0, f"degradation.gamma_exp must be > 0, got {self.gamma_exp}")
+        _check(0 <= self.p_miss <= 1, f"degradation.p_miss must be in [0, 1], got {self.p_miss}")
+        _check(self.shift_px >= 0 and self.blur_px >= 0 and self.noise_std >= 0,
+               "degradation.shift_px, blur_px and noise_std must be >= 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training data: real radar, coarsened, cropped and augmented (train/data.py)."""
+    scale_factor: int = 10                  # HR pixels per LR pixel (1 km -> 10 km)
+    pooling: str = "max"                    # "max" (PrecipDiff) or "mean"
+    hr_pixel_km: float = 1.0
+    patch_hr: int = 80                      # HR patch edge (multiple of scale_factor), downscaling stage
+    patch_lr: int = 24                      # LR patch edge, correction stage
+    val_regions: tuple[str, ...] = ("mrms/region_3",)  # whole regions held out for validation
+    val_time_fraction: float = 0.2          # the last frames of every other source are held out too
+    min_wet_fraction: float = 0.05          # patches drier than this are resampled (most of the time)
+    transform: TransformConfig = field(default_factory=TransformConfig)
+    degradation: DegradationConfig = field(default_factory=DegradationConfig)
+
+    def __post_init__(self):
+        _check(self.scale_factor >= 1, f"data.scale_factor must be >= 1, got {self.scale_factor}")
+        _check(self.pooling in ("max", "mean"), f"data.pooling must be 'max' or 'mean', got {self.pooling!r}")
+        _check(self.patch_hr % self.scale_factor == 0,
+               f"data.patch_hr must be a multiple of scale_factor={self.scale_factor}, got {self.patch_hr}")
+        _check(0 <= self.val_time_fraction < 1, "data.val_time_fraction must be in [0, 1)")
+        object.__setattr__(self, "val_regions", tuple(self.val_regions))
+        if isinstance(self.transform, dict):
+            object.__setattr__(self, "transform", TransformConfig(**self.transform))
+        if isinstance(self.degradation, dict):
+            object.__setattr__(self, "degradation", DegradationConfig(**self.degradation))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings for one stage (train/loop.py)."""
+    stage: str = "downscaling"              # "correction" or "downscaling"
+    steps: int = 2000                       # optimiser steps
+    batch_size: int = 16
+    lr: float = 2e-3                        # AdamW peak learning rate
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100                 # linear warm-up to lr
+    grad_clip: float = 1.0                  # max global gradient norm
+    ema_halflife_steps: float = 200.0       # EMA of weights, half-life in optimiser steps
+    seed: int = 0
+    val_every: int = 250                    # steps between validation CRPS evaluations
+    val_members: int = 4                    # ensemble members for validation CRPS
+    val_steps: int = 8                      # sampler steps for validation
+    checkpoint_every: int = 500
+    threads: int = 0                        # torch CPU threads (0 = all cores)
+
+    def __post_init__(self):
+        _check(self.stage in STAGES, f"train.stage must be one of {STAGES}, got {self.stage!r}")
+        _check(self.steps >= 1 and self.batch_size >= 1, "train.steps and train.batch_size must be >= 1")
+        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(self.val_members >= 2, f"train.val_members must be >= 2 for CRPS, got {self.val_members}")
+
+
+def to_dict(cfg: Any) -> dict:
+    """JSON-ready dict of a (nested) config; inf is written as the string 'inf'."""
+    def fix(v):
+        if isinstance(v, float) and math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [fix(x) for x in v]
+        return v
+    return fix(dataclasses.asdict(cfg))
+
+
+def from_dict(cls, d: dict):
+    """Build `cls` from a dict, refusing unknown keys (a config from another version)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}; expected a subset of {sorted(names)}")
+    fixed = {k: (float(v) if v in ("inf", "-inf") else v) for k, v in d.items()}
+    return cls(**fixed)
