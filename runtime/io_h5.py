@@ -1,0 +1,363 @@
+"""Input reader: every precipitation HDF5 layout precipfast accepts, checked once, at the edge.
+
+Layouts, detected automatically (`source_format`):
+  precipfast          /precip (H, W) or (T, H, W) mm/h, NaN = missing; 1-D /lat, /lon (either order of
+                      lat); optional /time (unix s) and /aux/<name> (H, W).
+  imerg-v07           NASA IMERG V07 granule: /Grid/precipitation (time, lon, lat), lat ascending,
+                      fill -9999.9, /Grid/time in "seconds since 1980-01-06 00:00:00 UTC" (converted).
+  imerg-v06           the same with /Grid/precipitationCal.
+  imerg-subset-v07/06 GES DISC subsets: /precipitation or /precipitationCal, /lat, /lon, /time at the root.
+  variable            `read_input(path, variable="group/name")`: any 2-D/3-D dataset with sibling 1-D
+                      `lat`/`lon` (e.g. the north-up groups of imerg_samples.h5); optional sibling
+                      `time`/`time_unix`, else a `time_start_iso` group attribute.
+Axis order comes from the `DimensionNames` attribute when present, else from matching the trailing
+shape to (len(lat), len(lon)); a square grid without `DimensionNames` is read as (lon, lat) for the
+NASA layouts and (lat, lon) otherwise.
+
+Every field comes out the same way (InputField): precip float32 (T, H, W) mm/h with row 0 = north
+(lat descending), lon ascending in [-180, 180) (0..360 grids are rolled), NaN = missing. `times` is
+(T,) int64 unix seconds, or None when the file has no time (callers then index steps 0..T-1).
+Fill values (`_FillValue`, `missing_value`, `CodeMissingValue` and always -9999.9) become NaN; any
+other negative value, rate above 1000 mm/h, all-missing field, irregular or NaN coordinate is refused
+with an InputFormatError that names the file, the variable, what was found and what was expected.
+
+Missing-pixel policy: NaN pixels are conditioned as 0 mm/h, and the output is NaN over every fine
+pixel that a missing coarse pixel covers (`missing_mask(field, factor)`).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from precipfast.errors import InputFormatError
+from precipfast.runtime.latlon import check_bbox, crop, lat_order, lon_order, pixel_deg
+
+MAX_RATE_MM_H = 1000.0
+IMERG_FILL = -9999.9
+RATE_UNITS = {"mm/h", "mm/hr", "mmh-1", "mmhr-1", "mm/hour", "mmh**-1", "mmh^-1", "millimeter/hour",
+              "millimeters/hour", "millimetersperhour", "mmperhour"}
+NASA_LAYOUTS = (("imerg-v07", "Grid/precipitation"), ("imerg-v06", "Grid/precipitationCal"),
+                ("imerg-subset-v07", "precipitation"), ("imerg-subset-v06", "precipitationCal"))
+LAYOUTS_TEXT = ("precipfast (/precip with /lat, /lon), IMERG V07 (/Grid/precipitation), IMERG V06 "
+                "(/Grid/precipitationCal), GES DISC subsets (/precipitation or /precipitationCal at the root), "
+                "or name a dataset with variable=")
+
+
+@dataclass(frozen=True, eq=False)
+class InputField:
+    """One input, north-up and checked. Shapes: precip (T, H, W), lat (H,), lon (W,), aux (H, W)."""
+    precip: np.ndarray          # (T, H, W) float32 mm/h, NaN = missing, row 0 = north
+    lat: np.ndarray             # (H,) float64 pixel centres, descending
+    lon: np.ndarray             # (W,) float64 pixel centres, ascending, in [-180, 180)
+    times: np.ndarray | None    # (T,) int64 unix seconds; None when the file has no time
+    aux: dict                   # name -> (H, W) float32 (precipfast layout only)
+    source_format: str          # precipfast | imerg-v07 | imerg-v06 | imerg-subset-v07 | -v06 | variable
+    variable: str               # dataset path in the file
+    pixel_deg: float            # grid spacing (checked regular and square)
+    sha256: str                 # of the whole file
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class _Layout:
+    fmt: str
+    var: str      # dataset path
+    group: str    # where lat/lon/time live
+
+
+def read_input(path, *, bbox=None, variable: str | None = None) -> InputField:
+    """Read and check one input file; `bbox=(south, north, west, east)` keeps pixels whose centres fall inside."""
+    path = Path(path)
+    box = check_bbox(bbox)
+    _check_file(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise InputFormatError(f"input '{path}' cannot be opened as HDF5 ({e}); expected an HDF5 file") from None
+    with f:
+        lay = _find_layout(f, path, variable)
+        fail = _failer(path, lay.var)
+        ds = f[lay.var]
+        lat_f = _coord(f, lay.group, ("lat", "latitude"), fail)
+        lon_f = _coord(f, lay.group, ("lon", "longitude"), fail)
+        axes = _axes(ds, lay.fmt, len(lat_f), len(lon_f), fail)
+        _check_units(ds, fail)
+        rows, lat = lat_order(lat_f, fail)
+        cols, lon = lon_order(lon_f, fail)
+        pixel = pixel_deg(lat, lon, fail)
+        if box is not None:
+            rows, cols, lat, lon = crop(rows, cols, lat, lon, box, fail)
+        precip = _read_precip(ds, axes, rows, cols, fail)
+        _check_rates(precip, fail, box)
+        times = _times(f, lay.group, precip.shape[0], fail)
+        aux = _aux(f, len(lat_f), len(lon_f), rows, cols, fail) if lay.fmt == "precipfast" else {}
+    return InputField(precip, lat, lon, times, aux, lay.fmt, "/" + lay.var, pixel, file_sha256(path), str(path))
+
+
+def expected_pixel_check(field: InputField, pixel_deg_expected: float, tol: float = 0.02) -> None:
+    """Refuse an input whose pixel differs from the model's coarse pixel by more than `tol` (relative)."""
+    if abs(field.pixel_deg - pixel_deg_expected) > tol * pixel_deg_expected:
+        raise InputFormatError(f"input '{field.path}' variable '{field.variable}': coarse grid pixel is "
+                               f"{field.pixel_deg:.4g} deg; the model expects {pixel_deg_expected:.4g} deg")
+
+
+def missing_mask(field: InputField, factor: int = 1) -> np.ndarray:
+    """(T, H*factor, W*factor) bool: True where the coarse input pixel was missing (NaN)."""
+    m = np.isnan(field.precip)
+    return m if factor == 1 else m.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+def write_precipfast_input(path, precip, lat, lon, times=None, aux=None) -> Path:
+    """Write the precipfast input schema: precip (H, W) or (T, H, W) mm/h, 1-D lat/lon, time, aux/<name>."""
+    precip = np.asarray(precip, dtype=np.float32)
+    lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
+    if precip.ndim not in (2, 3) or precip.shape[-2:] != (lat.size, lon.size) or lat.ndim != 1 or lon.ndim != 1:
+        raise ValueError(f"precip must be (H, W) or (T, H, W) with H = len(lat), W = len(lon); got precip "
+                         f"{precip.shape}, lat {lat.shape}, lon {lon.shape}")
+    path = Path(path)
+    with h5py.File(path, "w") as f:
+        chunks = (1,) * (precip.ndim - 2) + tuple(min(n, 512) for n in precip.shape[-2:])
+        d = f.create_dataset("precip", data=precip, chunks=chunks, compression="gzip", shuffle=True)
+        d.attrs.update(units="mm/h", long_name="precipitation rate")
+        f.create_dataset("lat", data=lat).attrs["units"] = "degrees_north"
+        f.create_dataset("lon", data=lon).attrs["units"] = "degrees_east"
+        if times is not None:
+            t = np.asarray(times, np.int64).reshape(-1)
+            if t.size != (precip.shape[0] if precip.ndim == 3 else 1):
+                raise ValueError(f"times has {t.size} values; precip {precip.shape} needs one per time step")
+            f.create_dataset("time", data=t).attrs["units"] = "seconds since 1970-01-01 00:00:00"
+        for name, a in (aux or {}).items():
+            a = np.asarray(a, np.float32)
+            if a.shape != precip.shape[-2:]:
+                raise ValueError(f"aux {name!r} is {a.shape}; expected {precip.shape[-2:]} (H, W)")
+            f.create_dataset(f"aux/{name}", data=a, compression="gzip", shuffle=True)
+    return path
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------- layout
+def _failer(path, var):
+    def fail(msg):
+        raise InputFormatError(f"input '{path}' variable '/{var}': {msg}")
+    return fail
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise InputFormatError(f"input file '{path}' does not exist")
+    if path.is_dir():
+        raise InputFormatError(f"input '{path}' is a directory; expected an HDF5 file")
+    if not os.access(path, os.R_OK):
+        raise InputFormatError(f"input '{path}' is not readable")
+    if not h5py.is_hdf5(path):
+        raise InputFormatError(f"input '{path}' is not an HDF5 file (no HDF5 signature); expected precipfast "
+                               f"or IMERG HDF5")
+
+
+def _datasets(f) -> str:
+    found = []
+    f.visititems(lambda name, obj: found.append(f"/{name} {obj.shape}") if isinstance(obj, h5py.Dataset) else None)
+    more = f" and {len(found) - 20} more" if len(found) > 20 else ""
+    return (", ".join(found[:20]) + more) or "none"
+
+
+def _find_layout(f, path, variable) -> _Layout:
+    if variable is not None:
+        var = variable.strip("/")
+        if not isinstance(f.get(var), h5py.Dataset):
+            raise InputFormatError(f"input '{path}' has no dataset '/{var}'; datasets found: {_datasets(f)}")
+        fmt = dict((v, k) for k, v in NASA_LAYOUTS).get(var, "precipfast" if var == "precip" else "variable")
+        return _Layout(fmt, var, var.rpartition("/")[0])
+    if isinstance(f.get("precip"), h5py.Dataset):
+        return _Layout("precipfast", "precip", "")
+    for fmt, var in NASA_LAYOUTS:
+        if isinstance(f.get(var), h5py.Dataset):
+            return _Layout(fmt, var, var.rpartition("/")[0])
+    raise InputFormatError(f"input '{path}' has no precipitation variable; datasets found: {_datasets(f)}; "
+                           f"expected one of the layouts: {LAYOUTS_TEXT}")
+
+
+def _coord(f, group, names, fail) -> np.ndarray:
+    where = f[group] if group else f
+    ds = next((where[n] for n in names if isinstance(where.get(n), h5py.Dataset)), None)
+    if ds is None:
+        fail(f"no '{names[0]}' coordinate beside it in '/{group}'; expected 1-D {names[0]} pixel centres")
+    if ds.ndim != 1:
+        fail(f"'{ds.name}' is {ds.ndim}-D {ds.shape}; expected 1-D pixel centres of a regular lat/lon grid")
+    c = np.asarray(ds[()], dtype=np.float64)
+    if c.size == 0 or not np.isfinite(c).all():
+        fail(f"'{ds.name}' has {np.count_nonzero(~np.isfinite(c))} NaN/inf of {c.size} values; expected finite "
+             f"coordinates")
+    return c
+
+
+def _dim_names(ds):
+    raw = ds.attrs.get("DimensionNames")
+    if raw is None:
+        return None
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    names = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        names.append(next((k for k in ("time", "lat", "lon") if k in part), part))
+    ok = len(names) == ds.ndim and sorted(names) == sorted(["lat", "lon"] + ["time"] * (ds.ndim - 2))
+    return tuple(names) if ok else None
+
+
+def _axes(ds, fmt, nlat, nlon, fail) -> tuple:
+    """Name of each dataset axis ('time', 'lat', 'lon'), checked against the coordinate lengths."""
+    if ds.ndim not in (2, 3):
+        fail(f"is {ds.ndim}-D {ds.shape}; expected (lat, lon) or (time, lat, lon)"
+             + (" in NASA order (time, lon, lat)" if fmt.startswith("imerg") else ""))
+    if not np.issubdtype(ds.dtype, np.number):
+        fail(f"has dtype {ds.dtype}; expected numeric rain rates")
+    lead = ("time",) if ds.ndim == 3 else ()
+    want = {"lat": nlat, "lon": nlon}
+    axes = _dim_names(ds) if fmt != "precipfast" else None
+    if axes is None:
+        latlon, lonlat = ds.shape[-2:] == (nlat, nlon), ds.shape[-2:] == (nlon, nlat)
+        nasa = fmt.startswith("imerg")
+        if lonlat and (nasa or not latlon) and fmt != "precipfast":
+            axes = lead + ("lon", "lat")
+        elif latlon:
+            axes = lead + ("lat", "lon")
+    if axes is None or any(want[a] != n for a, n in zip(axes, ds.shape) if a in want):
+        order = "(time, lon, lat)" if fmt.startswith("imerg") else "(time, lat, lon)"
+        fail(f"has shape {ds.shape} but lat has {nlat} values and lon {nlon}; expected {order}"
+             + (f" per DimensionNames {axes}" if axes else "") + " with matching lengths")
+    return axes
+
+
+# ---------------------------------------------------------------------------- values
+def _read_precip(ds, axes, rows, cols, fail) -> np.ndarray:
+    """Read only the selected rows/cols (a slab in file order), then reorder to (T, H, W) north-up."""
+    pick = {"lat": rows, "lon": cols}
+    slab, takes = [], []
+    for a in axes:
+        idx = pick.get(a)
+        slab.append(slice(None) if idx is None else slice(int(idx.min()), int(idx.max()) + 1))
+        takes.append(None if idx is None else idx - idx.min())
+    try:
+        raw = ds[tuple(slab)]
+    except (OSError, ValueError) as e:
+        fail(f"cannot be read ({e})")
+    for i, t in enumerate(takes):
+        if t is not None and not np.array_equal(t, np.arange(t.size)):
+            raw = np.take(raw, t, axis=i)
+    raw = np.transpose(raw, [axes.index(a) for a in ("time", "lat", "lon") if a in axes])
+    if "time" not in axes:
+        raw = raw[None]
+    fill = np.zeros(raw.shape, bool)
+    for v in _fill_values(ds):
+        fill |= raw == np.asarray(v).astype(raw.dtype)
+    if np.issubdtype(raw.dtype, np.floating):
+        fill |= np.abs(raw - raw.dtype.type(IMERG_FILL)) < 1e-3
+    precip = raw.astype(np.float32)
+    precip[fill] = np.nan
+    return np.ascontiguousarray(precip)
+
+
+def _fill_values(ds):
+    out = []
+    for key in ("_FillValue", "missing_value", "CodeMissingValue"):
+        v = ds.attrs.get(key)
+        if v is None:
+            continue
+        try:
+            out.extend(float(x.decode() if isinstance(x, bytes) else x) for x in np.atleast_1d(v))
+        except (TypeError, ValueError):
+            continue
+    return [v for v in out if np.isfinite(v)]  # a NaN fill is already NaN
+
+
+def _check_units(ds, fail) -> None:
+    raw = ds.attrs.get("units", ds.attrs.get("Units"))
+    if raw is None:
+        return
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    if text.strip().lower().replace(" ", "") not in RATE_UNITS:
+        fail(f"has units {text!r}; expected a rain rate in mm/h")
+
+
+def _check_rates(precip, fail, box) -> None:
+    valid = precip[~np.isnan(precip)]
+    if valid.size == 0:
+        where = f" inside bbox {box}" if box else ""
+        fail(f"is all missing (NaN or fill){where}, {precip.shape}; expected at least one valid pixel")
+    lo, hi = float(valid.min()), float(valid.max())
+    if lo < 0:
+        fail(f"has {np.count_nonzero(valid < 0)} negative values (min {lo:g} mm/h) that are not fill values; "
+             f"expected rates >= 0 mm/h")
+    if hi > MAX_RATE_MM_H:
+        fail(f"has rates up to {hi:g} mm/h; expected <= {MAX_RATE_MM_H:g} mm/h (is the unit mm/h?)")
+
+
+_SINCE = re.compile(r"\s*(second|minute|hour|day)s?\s+since\s+(\d{4})-(\d{1,2})-(\d{1,2})"
+                    r"(?:[ T](\d{1,2}):(\d{2})(?::(\d{2}))?)?", re.I)
+_UNIT_S = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+def _times(f, group, n, fail):
+    where = f[group] if group else f
+    ds = next((where[k] for k in ("time", "time_unix") if isinstance(where.get(k), h5py.Dataset)), None)
+    if ds is None:
+        return _time_attr(where, n, fail)
+    values = np.asarray(ds[()], np.float64).reshape(-1)
+    if values.size != n:
+        fail(f"has {n} time steps but '{ds.name}' has {values.size} values; expected one per step")
+    raw = ds.attrs.get("units", ds.attrs.get("Units"))
+    if raw is None:
+        return np.round(values).astype(np.int64)  # precipfast schema: unix seconds
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    m = _SINCE.match(text)
+    if not m:
+        fail(f"'{ds.name}' has units {text!r}; expected '<seconds|minutes|hours|days> since YYYY-MM-DD HH:MM:SS'")
+    y, mo, d, hh, mm, ss = (int(v or 0) for v in m.groups()[1:])
+    epoch = dt.datetime(y, mo, d, hh, mm, ss, tzinfo=dt.timezone.utc).timestamp()
+    return np.round(values * _UNIT_S[m.group(1).lower()] + epoch).astype(np.int64)
+
+
+def _time_attr(group, n, fail):
+    """A single time from a `time_start_iso` attribute of the group or an ancestor (converted files)."""
+    while n == 1:
+        iso = group.attrs.get("time_start_iso")
+        if iso is not None:
+            iso = iso.decode() if isinstance(iso, bytes) else str(iso)
+            try:
+                stamp = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+            except ValueError:
+                fail(f"attribute time_start_iso={iso!r} of '{group.name}'; expected YYYY-MM-DDTHH:MM:SSZ")
+            if stamp.tzinfo is None:
+                stamp = stamp.replace(tzinfo=dt.timezone.utc)
+            return np.array([int(stamp.timestamp())], np.int64)
+        if group.name == "/":
+            break
+        group = group.parent
+    return None
+
+
+def _aux(f, nlat, nlon, rows, cols, fail) -> dict:
+    group = f.get("aux")
+    out = {}
+    for name, ds in (group.items() if isinstance(group, h5py.Group) else ()):
+        if not isinstance(ds, h5py.Dataset):
+            continue
+        if ds.shape != (nlat, nlon):
+            fail(f"aux '{ds.name}' is {ds.shape}; expected (lat, lon) = ({nlat}, {nlon})")
+        a = ds[int(rows.min()):int(rows.max()) + 1, int(cols.min()):int(cols.max()) + 1]
+        out[name] = np.ascontiguousarray(a[np.ix_(rows - rows.min(), cols - cols.min())], dtype=np.float32)
+    return out
