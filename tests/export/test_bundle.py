@@ -1,0 +1,168 @@
+"""Bundle format: write -> open -> load round trip, and every way a bundle can be broken."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from precipfast.config import DataConfig, TrainConfig, to_dict
+from precipfast.errors import EngineMismatchError, InputFormatError, OutputError
+from precipfast.export import parity
+from precipfast.export.bundle import (FORMAT_VERSION, default_bundle_path, export_checkpoints, load_denoisers,
+                                      open_bundle, write_bundle)
+from precipfast.train.checkpoint import save_checkpoint
+
+COMMON = dict(name="tiny", model_version="0.0.1", scale_factor=10, pooling="max",
+              transform={"kind": "log1p", "scale_mm_h": 1.0, "norm": 2.0})
+
+
+@pytest.fixture(scope="module")
+def stages(make_tiny, make_stage_config):
+    corr, down = make_tiny(cond_channels=1, seed=1, sigma_data=0.3), make_tiny(cond_channels=2, seed=2)
+    cfg_down = {**make_stage_config(down), "cond_names": ["precip_up", "dem"]}
+    return {"correction": (corr, make_stage_config(corr)), "downscaling": (down, cfg_down)}
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(stages, tmp_path_factory):
+    return write_bundle(tmp_path_factory.mktemp("b") / "bundle", stages, **COMMON)
+
+
+@pytest.fixture
+def copy_of(bundle_dir, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(bundle_dir, dst)
+    return dst
+
+
+def _edit_manifest(path, fn):
+    m = json.loads((path / "manifest.json").read_text())
+    fn(m)
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+def test_round_trip(stages, bundle_dir):
+    b = open_bundle(bundle_dir)
+    m = b.manifest
+    assert (m["format"], m["format_version"], m["scale_factor"], m["pooling"]) == ("precipfast-bundle", 1, 10, "max")
+    assert (m["lr_pixel_deg"], m["hr_pixel_deg"], m["lr_pixel_km"], m["hr_pixel_km"]) == (0.1, 0.01, 10.0, 1.0)
+    assert sorted(m["files"]) == sorted(["correction.safetensors", "correction.onnx", "downscaling.safetensors",
+                                         "downscaling.onnx", "parity.json"])
+    assert b.stage_names == ("correction", "downscaling")
+    assert b.cond_names("correction") == ("precip_lr",) and b.cond_names("downscaling") == ("precip_up", "dem")
+    assert b.transform.norm == 2.0 and b.sampler("correction").num_steps == 12
+    assert b.edm("correction").sigma_data == 0.3 and b.unet("downscaling").cond_channels == 2
+    assert m["stages"]["correction"]["train"] == {"steps": 7, "last_validation": {"step": 7, "val_crps_mm_h": 0.5}}
+    parity = json.loads((bundle_dir / "parity.json").read_text())
+    assert parity["correction"]["passed"] and parity["downscaling"]["passed"]
+    loaded = load_denoisers(bundle_dir)
+    for s, (orig, _) in stages.items():
+        cc = orig.net.cfg.cond_channels
+        x, sigma, cond = torch.randn(3, 1, 37, 53), torch.tensor([0.002, 1.0, 80.0]), torch.randn(3, cc, 37, 53)
+        with torch.inference_mode():
+            assert torch.equal(loaded[s](x, sigma, cond), orig(x, sigma, cond))
+        assert not loaded[s].training
+
+
+def test_tampered_weights(copy_of):
+    p = copy_of / "downscaling.safetensors"
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    p.write_bytes(bytes(data))
+    with pytest.raises(EngineMismatchError, match=r"'downscaling.safetensors'.*sha256.*manifest [0-9a-f]{16}"):
+        open_bundle(copy_of)
+
+
+def test_truncated_onnx(copy_of):
+    p = copy_of / "correction.onnx"
+    p.write_bytes(p.read_bytes()[:1000])
+    with pytest.raises(EngineMismatchError, match=r"'correction.onnx'.*sha256.*\(1000 bytes\)"):
+        open_bundle(copy_of)
+
+
+def test_missing_file(copy_of):
+    (copy_of / "parity.json").unlink()
+    with pytest.raises(EngineMismatchError, match="missing 'parity.json'"):
+        open_bundle(copy_of)
+
+
+def test_unknown_format_version(copy_of):
+    _edit_manifest(copy_of, lambda m: m.update(format_version=999))
+    with pytest.raises(EngineMismatchError, match=f"format_version 999.*reads format_version {FORMAT_VERSION}"):
+        open_bundle(copy_of)
+
+
+def test_cond_names_disagree_with_unet(copy_of):
+    _edit_manifest(copy_of, lambda m: m["stages"]["downscaling"].update(cond_channels=["precip_up"]))
+    with pytest.raises(EngineMismatchError, match=r"lists 1 conditioning channels.*cond_channels is 2"):
+        open_bundle(copy_of)
+
+
+def test_onnx_disagrees_with_manifest(copy_of):
+    def three(m):
+        m["stages"]["downscaling"]["cond_channels"] = ["precip_up", "dem", "q"]
+        m["stages"]["downscaling"]["unet"]["cond_channels"] = 3
+    _edit_manifest(copy_of, three)
+    with pytest.raises(EngineMismatchError, match="input 'cond' has 2 channels; the manifest says 3"):
+        open_bundle(copy_of)
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(EngineMismatchError, match="not a directory"):
+        open_bundle(tmp_path / "nope")
+    with pytest.raises(EngineMismatchError, match="has no manifest.json"):
+        open_bundle(tmp_path)
+
+
+def test_write_is_atomic_and_refuses_existing(stages, bundle_dir, tmp_path, monkeypatch):
+    with pytest.raises(OutputError, match="already exists"):
+        write_bundle(bundle_dir, stages, **COMMON)
+    corr, cfg = stages["correction"]
+    bad = {"correction": (corr, {**cfg, "edm": {**cfg["edm"], "sigma_data": 0.9}})}
+    with pytest.raises(ValueError, match="does not match its config"):
+        write_bundle(tmp_path / "new", bad, **COMMON)
+    down, dcfg = stages["downscaling"]
+    with pytest.raises(ValueError, match="conditioning names"):
+        write_bundle(tmp_path / "new", {"downscaling": (down, {**dcfg, "cond_names": None})}, **COMMON)
+    # A failure after files were written (here: the parity check) leaves nothing behind.
+    failing = {"passed": False, "max_rel_err": 0.5, "max_abs_err": 0.2, "tolerance_rel": 1e-4, "cases": [{}]}
+    monkeypatch.setattr(parity, "parity_report", lambda *a, **k: failing)
+    with pytest.raises(EngineMismatchError, match="correction.onnx: ONNX parity FAIL: max rel err 5.00e-01"):
+        write_bundle(tmp_path / "new", {"correction": stages["correction"]}, **COMMON)
+    assert list(tmp_path.iterdir()) == []
+    out = write_bundle(tmp_path / "new", {"correction": stages["correction"]}, onnx=False, **COMMON)
+    out = write_bundle(out, {"correction": stages["correction"]}, onnx=False, overwrite=True, **COMMON)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]
+    assert sorted(open_bundle(out).manifest["files"]) == ["correction.safetensors"]
+    with pytest.raises(EngineMismatchError, match="no 'onnx' file for stage 'correction'"):
+        open_bundle(out).file("correction", "onnx")
+
+
+def test_export_checkpoints(stages, tmp_path):
+    dirs = []
+    for s, (den, cfg) in stages.items():
+        data = to_dict(DataConfig(pooling="mean"))
+        config = {**cfg, "stage": s, "data": data, "train": to_dict(TrainConfig(stage=s))}
+        save_checkpoint(tmp_path / s, config, den, den)
+        dirs.append(tmp_path / s)
+    out = export_checkpoints(dirs, tmp_path / "bundle", name="ck", onnx=False, parity=False)
+    b = open_bundle(out)
+    assert (b.name, b.manifest["pooling"], b.stage_names) == ("ck", "mean", ("correction", "downscaling"))
+    x, cond = torch.randn(1, 1, 20, 30), torch.randn(1, 2, 20, 30)
+    with torch.inference_mode():
+        assert torch.equal(load_denoisers(b)["downscaling"](x, torch.tensor([2.0]), cond),
+                           stages["downscaling"][0](x, torch.tensor([2.0]), cond))
+    cfg = json.loads((tmp_path / "correction" / "config.json").read_text())
+    cfg["data"]["pooling"] = "max"
+    (tmp_path / "correction" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputFormatError, match="disagree on data.pooling"):
+        export_checkpoints(dirs, tmp_path / "bundle2", onnx=False, parity=False)
+
+
+def test_default_bundle_path():
+    p = default_bundle_path(must_exist=False)
+    assert p.parts[-3:] == ("precipfast", "bundles", "default")
+    if (p / "manifest.json").is_file():
+        pytest.skip("a default bundle is installed")
+    with pytest.raises(EngineMismatchError, match="no default model bundle"):
+        default_bundle_path()

@@ -1,0 +1,138 @@
+"""Backend registry: every name resolves or says why not, unknown names list the registry, the auto
+order is the documented one, and the backends agree with each other."""
+import importlib.util
+
+import pytest
+import torch
+
+from precipfast.config import EDMConfig, SamplerConfig, UNetConfig, to_dict
+from precipfast.errors import BackendUnavailableError, PrecipfastError
+from precipfast.export.bundle import open_bundle, write_bundle
+from precipfast.export.parity import PARITY_TOL_REL
+from precipfast.runtime import backends as B
+from precipfast.train.checkpoint import build_denoiser
+
+OPTS = B.BackendOptions(threads=1)
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: one thread avoids OpenMP contention
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    torch.manual_seed(0)
+    unet = UNetConfig(cond_channels=2, model_channels=8, channel_mult=(1, 2), attn_levels=(1,), channels_per_head=8)
+    den = build_denoiser(unet, EDMConfig())
+    with torch.no_grad():
+        for p in den.parameters():
+            p.normal_(0.0, 0.15)  # non-zero F: EDM's zero init would make every backend agree trivially
+    cfg = {"unet": to_dict(unet), "edm": to_dict(EDMConfig()), "sampler": to_dict(SamplerConfig()),
+           "cond_names": ["precip_up", "dem"]}
+    path = write_bundle(tmp_path_factory.mktemp("bk") / "b", {"downscaling": (den, cfg)}, name="t",
+                        model_version="0", scale_factor=10, pooling="max", transform={}, parity=False)
+    return open_bundle(path)
+
+
+def _inputs(batch=3, hw=(37, 53)):
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(batch, 1, *hw, generator=g), torch.tensor([1.3, 0.002, 80.0][:batch]),
+            torch.randn(batch, 2, *hw, generator=g))
+
+
+def test_every_registered_name_resolves_or_says_why(bundle):
+    avail = B.available_backends("cpu")
+    assert set(avail) == set(B.BACKENDS) == {"torch", "onnxruntime", "tensorrt"}
+    for name, (ok, reason) in avail.items():
+        assert isinstance(ok, bool) and len(reason) > 10
+        if ok:
+            be = B.get_backend(name, bundle, "downscaling", "cpu", options=OPTS)
+            assert isinstance(be, B.Backend) and be.name == name and be.device.type == "cpu"
+            assert be(*_inputs()).shape == (3, 1, 37, 53)
+        else:
+            with pytest.raises(BackendUnavailableError, match=reason.split("(")[0][:30]):
+                B.get_backend(name, bundle, "downscaling", "cpu")
+
+
+def test_unknown_name_lists_registry(bundle):
+    with pytest.raises(B.UnknownBackendError,
+                       match=r"unknown backend 'tensorflow'; available: \['onnxruntime', 'tensorrt', 'torch'\]"):
+        B.get_backend("tensorflow", bundle, "downscaling")
+    with pytest.raises(ValueError):  # also a ValueError: bad input
+        B.get_backend("tensorflow", bundle, "downscaling")
+
+
+def test_unknown_stage_and_device(bundle):
+    with pytest.raises(PrecipfastError, match=r"stage 'correction' is not in bundle .* \['downscaling'\]"):
+        B.get_backend("torch", bundle, "correction")
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda"):
+        B.available_backends("tpu")
+
+
+def test_tensorrt_unavailable_says_why(bundle):
+    with pytest.raises(BackendUnavailableError, match="tensorrt runs only on CUDA devices"):
+        B.get_backend("tensorrt", bundle, "downscaling", "cpu")
+    ok, reason = B.available_backends("cuda")["tensorrt"]
+    if ok:
+        pytest.skip("tensorrt is usable here")
+    assert "not importable" in reason or "no CUDA device" in reason
+    with pytest.raises(BackendUnavailableError, match="backend 'tensorrt' cannot run on cuda: tensorrt"):
+        B.get_backend("tensorrt", bundle, "downscaling", "cuda")
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime is not installed")
+def test_auto_order_on_cpu(bundle, monkeypatch):
+    assert B.AUTO_ORDER["cpu"] == ("onnxruntime", "torch")
+    assert B.resolve_auto("cpu") == "onnxruntime"
+    assert B.get_backend("auto", bundle, "downscaling", "cpu", options=OPTS).name == "onnxruntime"
+    down = B.BackendEntry(B.BACKENDS["onnxruntime"].make, lambda device: (False, "pretend it is missing"))
+    monkeypatch.setitem(B.BACKENDS, "onnxruntime", down)
+    assert B.resolve_auto("cpu") == "torch"
+    # Asking for it by name never falls back silently.
+    with pytest.raises(BackendUnavailableError, match=r"pretend it is missing\. Usable here: \['torch'\]"):
+        B.get_backend("onnxruntime", bundle, "downscaling", "cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_auto_without_cuda_explains_each_backend():
+    with pytest.raises(BackendUnavailableError, match="no backend can run on 'cuda'.*tensorrt:.*onnxruntime:.*torch:"):
+        B.resolve_auto("cuda")
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime is not installed")
+@pytest.mark.parametrize("batch,hw", [(1, (40, 56)), (3, (37, 53))])
+def test_torch_and_onnxruntime_agree(bundle, batch, hw):
+    x, sigma, cond = _inputs(batch, hw)
+    ref = B.get_backend("torch", bundle, "downscaling", options=OPTS)(x, sigma, cond)
+    out = B.get_backend("onnxruntime", bundle.path, "downscaling", options=OPTS)(x, sigma, cond)  # path works too
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < PARITY_TOL_REL
+    sd = bundle.edm("downscaling").sigma_data
+    c_skip = (sd ** 2 / (sigma ** 2 + sd ** 2)).view(-1, 1, 1, 1)
+    assert (ref - c_skip * x).abs().max() > 0.05  # the network term contributes: agreement is not trivial
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError, match="max_batch >= 1"):
+        B.BackendOptions(max_batch=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["onnxruntime", "tensorrt"])
+def test_gpu_backends_match_torch(bundle, name):
+    ok, why = B.available_backends("cuda")[name]
+    if not ok:
+        pytest.skip(why)
+    x, sigma, cond = (t.cuda() for t in _inputs(3, (37, 53)))
+    ref = B.get_backend("torch", bundle, "downscaling", "cuda")(x, sigma, cond)
+    out = B.get_backend(name, bundle, "downscaling", "cuda", options=B.BackendOptions(max_hw=64))(x, sigma, cond)
+    torch.cuda.synchronize()
+    # TensorRT runs fp16 convolutions (GroupNorm/softmax/preconditioning fp32): ~1e-3 relative is fp16's
+    # 2^-11 rounding through ~20 layers; ORT-CUDA with the TensorRT EP also enables fp16.
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-2
