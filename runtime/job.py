@@ -1,0 +1,99 @@
+"""`precipfast sample`: one input file in, one output file out, nothing lost on failure.
+
+Order matters: everything that can be checked is checked before any sampling starts (output path,
+input file, bundle integrity, grid vs model), then each time slice is sampled and streamed into a
+temporary file that is renamed onto the output only when the whole run succeeded.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from precipfast._version import __version__
+from precipfast.errors import InputFormatError
+from precipfast.runtime.io_h5 import expected_pixel_check, read_input
+from precipfast.runtime.output import DEFAULT_THRESHOLDS_MM_H, OutputWriter, check_output_path
+from precipfast.runtime.pipeline import Origin, Pipeline, fine_coords
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """Settings of one `precipfast sample` run (CLI flags of the same names)."""
+    members: int = 30                       # ensemble members
+    steps: int | None = None                # sampler steps per stage (None = bundle default)
+    seed: int = 0                           # noise seed (see runtime/noise.py)
+    backend: str = "auto"                   # backend name (runtime/backends.py registry)
+    device: str = "auto"                    # auto | cpu | cuda
+    stages: tuple[str, ...] | None = None   # subset of ("correction", "downscaling"); None = all in bundle
+    bbox: tuple[float, float, float, float] | None = None  # (south, north, west, east) degrees
+    tile: int = 256                         # tile edge (pixels) for large domains
+    overlap: int = 32                       # tile overlap (pixels)
+    max_batch: int | None = None            # (member, tile) images per backend call; None = from memory budget
+    variable: str | None = None             # dataset path, for files in none of the known layouts
+    overwrite: bool = False                 # replace an existing output
+    thresholds_mm_h: tuple[float, ...] = DEFAULT_THRESHOLDS_MM_H
+
+    def __post_init__(self):
+        if self.members < 1:
+            raise ValueError(f"--members must be >= 1, got {self.members}")
+        if self.steps is not None and self.steps < 2:
+            raise ValueError(f"--steps must be >= 2 (the Heun sampler needs a schedule), got {self.steps}")
+
+
+def run_sample(input_path, output_path, model=None, opts: SampleOptions = SampleOptions(),
+               quiet: bool = False) -> dict:
+    """Sample an ensemble for every time in `input_path`; returns a summary (times, memory, members)."""
+    t_start = time.perf_counter()
+    check_output_path(output_path, opts.overwrite)
+    field = read_input(input_path, bbox=opts.bbox, variable=opts.variable)
+    pipe = Pipeline.from_bundle(model, backend=opts.backend, device=opts.device, tile=opts.tile,
+                                overlap=opts.overlap, max_batch=opts.max_batch, stages=opts.stages)
+    expected_pixel_check(field, pipe.lr_pixel_deg)
+    f = pipe.scale_factor if "downscaling" in pipe.stages else 1
+    lat, lon = fine_coords(field.lat, field.lon, f) if f > 1 else (field.lat, field.lon)
+    origin = Origin.from_coords(float(field.lat[0]), float(field.lon[0]), field.pixel_deg)
+    n_t = field.precip.shape[0]
+    attrs = {"model_name": pipe.bundle.manifest["name"], "model_sha256": pipe.bundle.sha256,
+             "model_version": pipe.bundle.manifest.get("model_version", ""), "members": opts.members,
+             "steps": opts.steps if opts.steps else "bundle default", "seed": opts.seed,
+             "backend": pipe.backend_name, "device": str(pipe.device), "stages": ",".join(pipe.stages),
+             "input_sha256": field.sha256, "input_file": str(input_path), "input_format": field.source_format,
+             "input_variable": field.variable, "precipfast_version": __version__,
+             "missing_policy": "missing input pixels conditioned as 0 mm/h; output NaN over them",
+             "noise": "Philox4x32-10 keyed by (seed + t * 2^32, member, stage, step, global pixel)"}
+    total = n_t * opts.members * pipe.evaluations_per_member(opts.steps)
+    bar = _progress(total, quiet)
+    with OutputWriter(output_path, lat=lat, lon=lon, members=opts.members,
+                      times=field.times if field.times is not None else n_t, lat_lr=field.lat,
+                      lon_lr=field.lon, thresholds_mm_h=opts.thresholds_mm_h, attrs=attrs,
+                      overwrite=opts.overwrite) as out:
+        for t in range(n_t):
+            res = pipe.sample_field(field.precip[t], opts.members, opts.steps, opts.seed + (t << 32),
+                                    field.aux or None, origin=origin, progress=bar.update if bar else None)
+            out.write_members(t, slice(0, opts.members), values=res["precip"])
+            out.write_corrected(t, slice(0, opts.members), values=res["corrected_lr"])
+    if bar:
+        bar.close()
+    return {"output": str(output_path), "times": n_t, "members": opts.members,
+            "lr_shape": list(field.precip.shape[1:]), "hr_shape": [len(lat), len(lon)],
+            "backend": pipe.backend_name, "device": str(pipe.device),
+            "seconds": round(time.perf_counter() - t_start, 2), "peak_rss_gib": round(peak_rss_gib(), 3)}
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process (Linux ru_maxrss is KiB)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+def _progress(total: int, quiet: bool):
+    if quiet:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc="denoiser evaluations (member x step x stage)", unit="eval", file=sys.stderr,
+                dynamic_ncols=True)
