@@ -12,15 +12,20 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SHIPPED = Path(__file__).resolve().parents[1] / "precipfast" / "bundles" / "default"
 
 
-def needs_data(*names):
-    """Skip marker for tests that read ../shared/data (absent on some checkouts)."""
-    missing = [n for n in names if not (DATA / n).exists()]
-    return pytest.mark.skipif(bool(missing), reason=f"../shared/data lacks {missing} (real-data test)")
+@pytest.fixture(scope="session")
+def shared_data():
+    """../shared/data, or skip: real-data tests need the shared directory beside the checkout."""
+    if not DATA.is_dir():
+        pytest.skip(f"real-data test: {DATA} is absent")
+    return DATA
 
 
-def needs_shipped_bundle():
-    return pytest.mark.skipif(not (SHIPPED / "manifest.json").is_file(),
-                              reason="no shipped bundle in precipfast/bundles/default yet")
+@pytest.fixture(scope="session")
+def shipped_bundle():
+    """The bundle that ships in the package (trained on real radar)."""
+    if not (SHIPPED / "manifest.json").is_file():
+        pytest.skip(f"no shipped bundle at {SHIPPED}")
+    return SHIPPED
 
 
 def _tiny_stage(seed, attn=(1,)):
