@@ -201,5 +201,35 @@ def demo(out_dir, data_dir, members, steps, seed, backend, quiet):
                                    backend=backend, quiet=quiet)))
 
 
+# ---------------------------------------------------------------------------- bench
+@main.command()
+@click.option("--model", default=None, help="Bundle directory (default: the shipped bundle).")
+@click.option("--what", type=click.Choice(["sample", "backends", "all"]), default="all", show_default=True)
+@click.option("--members", default=8, show_default=True)
+@click.option("--steps", default=8, show_default=True)
+@click.option("--lr-hw", nargs=2, type=int, default=(20, 20), show_default=True, help="Coarse field size.")
+@click.option("--batch", default=8, show_default=True, help="Images per call in the backend benchmark.")
+@click.option("--hw", nargs=2, type=int, default=(128, 128), show_default=True, help="Tile size, backend bench.")
+@click.option("--repeat", default=5, show_default=True)
+@click.option("--backend", default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--data", "data_dir", default="../shared/data", show_default=True)
+@_friendly
+def bench(model, what, members, steps, lr_hw, batch, hw, repeat, backend, device, data_dir):
+    """Benchmarks as JSON lines on stdout: batched runtime vs a plain one-member-at-a-time PyTorch loop
+    (same weights, same run), and denoiser throughput per backend against the machine's matmul rate."""
+    from precipfast.benchmarks._emit import emit
+    from precipfast.export.bundle import default_bundle_path
+    bundle = model or default_bundle_path()
+    if what in ("sample", "all"):
+        from precipfast.benchmarks.bench_sample import bench as bench_sample
+        for rec in bench_sample(bundle, lr_hw=lr_hw, members=members, steps=steps, backend=backend,
+                                device=device, data_dir=data_dir):
+            emit(rec)
+    if what in ("backends", "all"):
+        from precipfast.benchmarks.bench_backends import bench as bench_backends
+        bench_backends(bundle, None, batch, tuple(hw), repeat, device)  # emits its own lines
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -104,14 +104,15 @@ class DegradationConfig:
     """Satellite-error model turning coarsened radar into IMERG-like input (train/degrade.py).
 
     r_sat = blur(shift(b * r^gamma_exp)) * lognormal noise, then rain below detect_mm_h removed
-    with probability p_miss. Defaults are matched to imerg_samples.h5 (see README)."""
-    bias_a: float = 0.9                     # multiplicative bias factor b at 1 mm/h
-    gamma_exp: float = 0.75                 # intensity exponent: <1 underestimates heavy rain
-    detect_mm_h: float = 0.5                # rates below this are the "light rain" satellites miss
-    p_miss: float = 0.5                     # probability a light-rain coarse pixel is zeroed
-    shift_px: float = 1.0                   # std of the random displacement, coarse pixels
-    blur_px: float = 0.7                    # Gaussian blur std, coarse pixels
-    noise_std: float = 0.3                  # std of the multiplicative log-normal noise
+    with probability p_miss. Defaults are fitted to the IMERG fields in imerg_samples.h5 against
+    max-pooled radar (train/fit_degradation.py, train/DEGRADATION.md; mean pooling has its own fit)."""
+    bias_a: float = 0.54                    # multiplicative bias factor b at 1 mm/h (max-pooled radar)
+    gamma_exp: float = 0.95                 # intensity exponent: <1 underestimates heavy rain
+    detect_mm_h: float = 0.5                # rates below this are the "light rain" satellites miss (not fitted)
+    p_miss: float = 0.4                     # probability a light-rain coarse pixel is zeroed
+    shift_px: float = 2.0                   # std of the random displacement, coarse pixels
+    blur_px: float = 0.96                   # Gaussian blur std, coarse pixels
+    noise_std: float = 0.29                 # std of the multiplicative log-normal noise (log space)
     enabled: bool = True                    # False = clean coarsened radar (downscaling-only work)
 
     def __post_init__(self):
