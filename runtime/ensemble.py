@@ -17,7 +17,7 @@ from precipfast.config import SamplerConfig
 from precipfast.edm import churn, churn_gamma, karras_sigmas
 from precipfast.kernels.heun_residual import ReferenceStep
 from precipfast.runtime import noise as pf_noise
-from precipfast.runtime.tiling import TileBlender, crop, plan_tiles
+from precipfast.runtime.tiling import TileBlender, balanced_tile, crop, plan_tiles
 
 Backend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -81,7 +81,8 @@ def sample_ensemble(backend: Backend, cond: torch.Tensor, members: Sequence[int]
     origin (row0, col0, global_width) places the domain on the global grid that keys the noise."""
     h, w = cond.shape[-2], cond.shape[-1]
     r0, c0, gw = origin or (0, 0, w)
-    tiles = plan_tiles(h, w, tiling.tile, tiling.overlap)
+    tile = (balanced_tile(h, tiling.tile, tiling.overlap), balanced_tile(w, tiling.tile, tiling.overlap))
+    tiles = plan_tiles(h, w, tile, tiling.overlap)
     ts = [float(t) for t in karras_sigmas(cfg.num_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)]
     eps = lambda step: pf_noise.normal_members(  # noqa: E731
         seed, members, stage, step, r0, r0 + h, c0, c0 + w, gw).to(cond)

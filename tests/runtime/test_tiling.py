@@ -154,3 +154,16 @@ def test_blender_and_crop_errors():
     view = crop(field, Tile(1, 3, 2, 5))
     assert torch.equal(view, field[1:3, 2:5]) and view.data_ptr() != field.data_ptr()
     assert view.untyped_storage().data_ptr() == field.untyped_storage().data_ptr()  # a view, no copy
+
+
+def test_balanced_tile_keeps_tile_count_and_cuts_work():
+    from precipfast.runtime.tiling import balanced_tile
+    for length, tile, overlap in [(300, 256, 32), (3500, 256, 32), (7000, 256, 32), (500, 128, 16), (61, 32, 12)]:
+        edge = balanced_tile(length, tile, overlap)
+        assert overlap < edge <= tile and edge % 8 == 0 or edge == length
+        n_full = len({t.row0 for t in plan_tiles(length, 1, (tile, 1), (overlap, 0))})
+        n_bal = len({t.row0 for t in plan_tiles(length, 1, (edge, 1), (overlap, 0))})
+        assert n_bal == n_full
+        assert n_bal * edge <= n_full * min(tile, length)
+    assert balanced_tile(300, 256, 32) == 168
+    assert balanced_tile(200, 256, 32) == 200  # a domain smaller than a tile is one tile
