@@ -201,6 +201,38 @@ def demo(out_dir, data_dir, members, steps, seed, backend, quiet):
                                    backend=backend, quiet=quiet)))
 
 
+# ---------------------------------------------------------------------------- evaluate
+@main.command()
+@click.option("--model", default=None, help="Bundle directory (default: the bundle shipped in the package).")
+@click.option("--data", "data_dir", default="../shared/data", show_default=True, help="Radar data directory.")
+@click.option("--source", default="mrms/region_3", show_default=True,
+              help="Held-out radar source: mrms/region_N, fmi/fmi_*, bom/bom_* (see train/data.py).")
+@click.option("--frames", default="0,17,35", show_default=True,
+              help="Comma list of frame indices (negative counts from the end).")
+@click.option("--members", default=8, show_default=True, type=int)
+@click.option("--steps", default=10, show_default=True, type=int, help="Sampler steps per stage.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--mode", type=click.Choice(["downscaling", "full"]), default="downscaling", show_default=True,
+              help="downscaling: fine stage on the clean coarse radar; full: degrade it like a satellite "
+                   "and run both stages.")
+@click.option("--backend", default="auto", show_default=True, help="auto, torch, onnxruntime, tensorrt.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--crop", default=None, type=int,
+              help="Window edge in 1 km pixels (the wettest NaN-free one per frame). Default: whole frame.")
+@click.option("--out", "out_dir", default=None, help="Folder for metrics.json and evaluate.png.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@_friendly
+def evaluate(model, data_dir, source, frames, members, steps, seed, mode, backend, device, crop, out_dir, quiet):
+    """Verify the ensemble on held-out real radar: CRPS, MAE/RMSE/correlation, spread/skill and the
+    2-20 km power spectrum against bilinear upsampling. Prints the metrics as JSON."""
+    from precipfast.runtime.evaluate import evaluate as run_evaluate, summary
+    progress = None if quiet else (lambda msg: click.echo(msg, err=True))
+    result = run_evaluate(model, data_dir, source=source, frames=_ints(frames), members=members, steps=steps,
+                          seed=seed, mode=mode, backend=backend, device=device, crop=crop, out_dir=out_dir,
+                          progress=progress)
+    click.echo(json.dumps(summary(result), indent=2))
+
+
 # ---------------------------------------------------------------------------- bench
 @main.command()
 @click.option("--model", default=None, help="Bundle directory (default: the shipped bundle).")

@@ -38,7 +38,7 @@ class Tiling:
 
 
 def denoise_domain(backend: Backend, x: torch.Tensor, sigma: float, cond: torch.Tensor, tiling: Tiling,
-                   tiles: list) -> torch.Tensor:
+                   tiles: list, overlap=None) -> torch.Tensor:
     """D(x; sigma) over the whole domain: (tile, member) crops packed into micro-batches of at most
     `tiling.max_batch`, each tile blended in once all its members are denoised.
 
@@ -46,7 +46,7 @@ def denoise_domain(backend: Backend, x: torch.Tensor, sigma: float, cond: torch.
     e = x.shape[0]
     single = len(tiles) == 1
     out = torch.empty_like(x) if single else None
-    blender = None if single else TileBlender(tuple(x.shape), tiling.overlap, dtype=x.dtype, device=x.device)
+    blender = None if single else TileBlender(tuple(x.shape), tiling.overlap if overlap is None else overlap, dtype=x.dtype, device=x.device)
     pending: dict[int, list] = {}  # tile index -> [denoised (E, 1, h, w), members filled]
     jobs = [(ti, m) for ti in range(len(tiles)) for m in range(e)]
     for k in range(0, len(jobs), tiling.max_batch):
@@ -82,13 +82,15 @@ def sample_ensemble(backend: Backend, cond: torch.Tensor, members: Sequence[int]
     h, w = cond.shape[-2], cond.shape[-1]
     r0, c0, gw = origin or (0, 0, w)
     tile = (balanced_tile(h, tiling.tile, tiling.overlap), balanced_tile(w, tiling.tile, tiling.overlap))
-    tiles = plan_tiles(h, w, tile, tiling.overlap)
+    # An axis covered by one tile has no overlap to blend; plan_tiles needs overlap < tile there.
+    overlap = (min(tiling.overlap, tile[0] - 1), min(tiling.overlap, tile[1] - 1))
+    tiles = plan_tiles(h, w, tile, overlap)
     ts = [float(t) for t in karras_sigmas(cfg.num_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)]
     eps = lambda step: pf_noise.normal_members(  # noqa: E731
         seed, members, stage, step, r0, r0 + h, c0, c0 + w, gw).to(cond)
 
     def denoise(x, t):
-        d = denoise_domain(backend, x, t, cond, tiling, tiles)
+        d = denoise_domain(backend, x, t, cond, tiling, tiles, overlap)
         if on_eval:
             on_eval()
         return d
