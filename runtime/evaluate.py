@@ -274,9 +274,5 @@ def plot_evaluation(path, truth: np.ndarray, lr: np.ndarray, bilinear: np.ndarra
     ax.set_ylabel("power (mm/h)$^2$")
     ax.set_title("radially averaged power spectrum", fontsize=10)
     ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    out = Path(path)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    from precipfast.runtime.quicklook import save_figure
+    return save_figure(fig, path, title)

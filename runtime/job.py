@@ -9,13 +9,9 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import Sequence
 
-import numpy as np
-import torch
 
 from precipfast._version import __version__
-from precipfast.errors import InputFormatError
 from precipfast.runtime.io_h5 import expected_pixel_check, read_input
 from precipfast.runtime.output import DEFAULT_THRESHOLDS_MM_H, OutputWriter, check_output_path
 from precipfast.runtime.pipeline import Origin, Pipeline, fine_coords

@@ -19,10 +19,10 @@ import torch
 from precipfast.config import STAGES, SamplerConfig
 from precipfast.errors import InputFormatError
 from precipfast.grid import upsample
+from precipfast.runtime.io_h5 import MAX_RATE_MM_H
 from precipfast.runtime.ensemble import Tiling, auto_max_batch, default_budget_bytes, sample_ensemble
 from precipfast.transform import forward, inverse
 
-MAX_RATE_MM_H = 1000.0
 STATE_FIELDS = 10  # full-domain tensors per member alive during a stage (x, x_hat, d, cond, blender, ...)
 
 
@@ -101,7 +101,7 @@ class Pipeline:
         res = {k: np.stack([o[k] for o in outs]) for k in outs[0]}
         if arr.ndim == 2:
             res = {k: v[0] for k, v in res.items()}
-        res["precip_mean"] = np.nanmean(res["precip"], axis=-3) if members else None
+        res["precip_mean"] = np.nanmean(res["precip"], axis=-3)
         res["precip_std"] = np.nanstd(res["precip"], axis=-3)
         return res
 

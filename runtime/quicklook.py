@@ -36,6 +36,12 @@ def quicklook(path, lr: np.ndarray, corrected_lr: np.ndarray, members: np.ndarra
     fig.colorbar(pim, ax=ax, shrink=0.8)
     for ax in axes[len(panels) + 1:]:
         ax.axis("off")
+    return save_figure(fig, path, title)
+
+
+def save_figure(fig, path, title: str = "") -> Path:
+    """Title, write as PNG, close (matplotlib keeps every open figure alive)."""
+    import matplotlib.pyplot as plt
     if title:
         fig.suptitle(title)
     out = Path(path)

@@ -12,6 +12,16 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SHIPPED = Path(__file__).resolve().parents[1] / "precipfast" / "bundles" / "default"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The test machine has 2 shared cores: two OpenMP threads fighting another process for one core
+    run ~5x slower than one thread, and the tensors here are small."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def shared_data():
     """../shared/data, or skip: real-data tests need the shared directory beside the checkout."""

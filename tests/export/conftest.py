@@ -27,16 +27,6 @@ def stage_config(den) -> dict:
             "history": [{"step": 7, "val_crps_mm_h": 0.5}]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine has 2 shared cores: two OpenMP threads fighting another process for one core
-    run ~5x slower than one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     return tiny_denoiser()

@@ -16,14 +16,6 @@ OPTS = B.BackendOptions(threads=1)
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: one thread avoids OpenMP contention
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     torch.manual_seed(0)

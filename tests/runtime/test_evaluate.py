@@ -13,14 +13,6 @@ from precipfast.metrics import pearson, psd_band_ratio, psd_radial
 from precipfast.runtime.evaluate import evaluate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: one thread avoids OpenMP contention
-    yield
-    torch.set_num_threads(old)
-
-
 # ---------------------------------------------------------------------------------------------- closed forms
 @pytest.mark.parametrize("window", [True, False])
 @pytest.mark.parametrize("shape,ky,kx", [((64, 64), 0, 8), ((64, 64), 4, 3), ((48, 80), 0, 10)])

@@ -20,15 +20,6 @@ SOURCES = ["mrms/region_0", "mrms/region_3", "fmi/fmi_20170509"]
 CFG = DataConfig(patch_hr=40, patch_lr=16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to other processes on the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def datasets():
     if not (DATA / MRMS_FILE).is_file() or not (DATA / RADAR_FILE).is_file():
