@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from precipfast._version import __version__
+from precipfast.config import DEFAULT_OVERLAP, DEFAULT_TILE
 from precipfast.errors import PrecipfastError
 
 
@@ -152,21 +153,24 @@ def _stages(text):
 @click.option("--stages", default=None, help="Comma list, e.g. 'downscaling' for a bias-free coarse input.")
 @click.option("--bbox", default=None, help="S,N,W,E in degrees: crop the input first.")
 @click.option("--variable", default=None, help="Dataset path when the file is in none of the known layouts.")
-@click.option("--tile", default=256, show_default=True, help="Tile edge (pixels) for large domains.")
-@click.option("--overlap", default=32, show_default=True, help="Tile overlap (pixels), blended smoothly.")
+@click.option("--tile", default=DEFAULT_TILE, show_default=True, help="Tile edge (pixels) for large domains.")
+@click.option("--overlap", default=DEFAULT_OVERLAP, show_default=True, help="Tile overlap (pixels), blended smoothly.")
 @click.option("--max-batch", default=None, type=int, help="(member, tile) images per call (default: memory budget).")
+@click.option("--memory-gb", default=None, type=float,
+              help="Memory budget in GiB for denoiser activations and for the members sampled together "
+                   "(default: 2 on the CPU, a third of free GPU memory).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @_friendly
 def sample(input_path, output, model, members, steps, seed, backend, device, stages, bbox, variable, tile,
-           overlap, max_batch, overwrite, quiet):
+           overlap, max_batch, memory_gb, overwrite, quiet):
     """Sample a 1 km ensemble from a coarse precipitation file (precipfast HDF5 or IMERG HDF5)."""
     from precipfast.runtime.job import SampleOptions, run_sample
     if output is None:
         output = Path(input_path).stem + "_ens.h5"
     opts = SampleOptions(members=members, steps=steps, seed=seed, backend=backend, device=device,
                          stages=_stages(stages), bbox=_bbox(bbox), tile=tile, overlap=overlap,
-                         max_batch=max_batch, variable=variable, overwrite=overwrite)
+                         max_batch=max_batch, memory_gb=memory_gb, variable=variable, overwrite=overwrite)
     summary = run_sample(input_path, output, model, opts, quiet=quiet)
     click.echo(json.dumps(summary))
 
@@ -218,16 +222,19 @@ def demo(out_dir, data_dir, members, steps, seed, backend, quiet):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--crop", default=None, type=int,
               help="Window edge in 1 km pixels (the wettest NaN-free one per frame). Default: whole frame.")
+@click.option("--tile", default=DEFAULT_TILE, show_default=True, help="Tile edge (pixels), as in sample.")
 @click.option("--out", "out_dir", default=None, help="Folder for metrics.json and evaluate.png.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 @_friendly
-def evaluate(model, data_dir, source, frames, members, steps, seed, mode, backend, device, crop, out_dir, quiet):
+def evaluate(model, data_dir, source, frames, members, steps, seed, mode, backend, device, crop, tile, out_dir,
+             quiet):
     """Verify the ensemble on held-out real radar: CRPS, MAE/RMSE/correlation, spread/skill and the
     2-20 km power spectrum against bilinear upsampling. Prints the metrics as JSON."""
     from precipfast.runtime.evaluate import evaluate as run_evaluate, summary
     progress = None if quiet else (lambda msg: click.echo(msg, err=True))
     result = run_evaluate(model, data_dir, source=source, frames=_ints(frames), members=members, steps=steps,
-                          seed=seed, mode=mode, backend=backend, device=device, crop=crop, out_dir=out_dir,
+                          seed=seed, mode=mode, backend=backend, device=device, crop=crop, tile=tile,
+                          out_dir=out_dir,
                           progress=progress)
     click.echo(json.dumps(summary(result), indent=2))
 

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from precipfast.config import SamplerConfig
+from precipfast.config import DEFAULT_OVERLAP, DEFAULT_TILE, SamplerConfig
 from precipfast.edm import churn, churn_gamma, karras_sigmas
 from precipfast.kernels.heun_residual import ReferenceStep
 from precipfast.runtime import noise as pf_noise
@@ -26,8 +26,8 @@ Backend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 class Tiling:
     """How a stage's domain is cut: tiles of `tile` pixels overlapping by `overlap`, at most
     `max_batch` (member, tile) images per backend call."""
-    tile: int = 256
-    overlap: int = 32
+    tile: int = DEFAULT_TILE
+    overlap: int = DEFAULT_OVERLAP
     max_batch: int = 8
 
     def __post_init__(self):

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from precipfast.config import DegradationConfig
+from precipfast.config import DEFAULT_TILE, DegradationConfig
 from precipfast.grid import coarsen, upsample
 from precipfast.metrics import (crps_ensemble, mae, nanmean, pearson, psd_band_ratio, psd_radial, rmse,
                                 spread_skill)
@@ -35,7 +35,7 @@ WET_MM_H = 0.1          # "wet" threshold of shared/data/README.md; picks the wi
 def evaluate(bundle_path=None, data_dir="../shared/data", *, source: str = "mrms/region_3",
              frames: Sequence[int] = (0, 17, 35), members: int = 8, steps: int | None = 10, seed: int = 0,
              mode: str = "downscaling", backend: str = "auto", device: str = "auto", crop: int | None = None,
-             out_dir=None, degradation: DegradationConfig | None = None,
+             tile: int = DEFAULT_TILE, out_dir=None, degradation: DegradationConfig | None = None,
              progress: Callable[[str], None] | None = None) -> dict:
     """Verify the bundle's ensemble on `frames` of radar `source`; see the module docstring.
 
@@ -56,7 +56,7 @@ def evaluate(bundle_path=None, data_dir="../shared/data", *, source: str = "mrms
     t_start = time.perf_counter()
     field = load_source(data_dir, source)
     frame_ids = _frame_ids(frames, field.shape[0], source)
-    pipe = Pipeline.from_bundle(bundle_path, backend, device,
+    pipe = Pipeline.from_bundle(bundle_path, backend, device, tile=tile,
                                 stages=["downscaling"] if mode == "downscaling" else ["correction", "downscaling"])
     f, pooling = pipe.scale_factor, pipe.bundle.manifest["pooling"]
     deg_cfg = degradation or DegradationConfig()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 
 from precipfast._version import __version__
+from precipfast.config import DEFAULT_OVERLAP, DEFAULT_TILE
 from precipfast.runtime.io_h5 import expected_pixel_check, read_input
 from precipfast.runtime.output import DEFAULT_THRESHOLDS_MM_H, OutputWriter, check_output_path
 from precipfast.runtime.pipeline import Origin, Pipeline, fine_coords
@@ -27,9 +28,10 @@ class SampleOptions:
     device: str = "auto"                    # auto | cpu | cuda
     stages: tuple[str, ...] | None = None   # subset of ("correction", "downscaling"); None = all in bundle
     bbox: tuple[float, float, float, float] | None = None  # (south, north, west, east) degrees
-    tile: int = 256                         # tile edge (pixels) for large domains
-    overlap: int = 32                       # tile overlap (pixels)
+    tile: int = DEFAULT_TILE                # tile edge (pixels) for large domains
+    overlap: int = DEFAULT_OVERLAP          # tile overlap (pixels)
     max_batch: int | None = None            # (member, tile) images per backend call; None = from memory budget
+    memory_gb: float | None = None          # budget for activations and for the members sampled together
     variable: str | None = None             # dataset path, for files in none of the known layouts
     overwrite: bool = False                 # replace an existing output
     thresholds_mm_h: tuple[float, ...] = DEFAULT_THRESHOLDS_MM_H
@@ -37,6 +39,8 @@ class SampleOptions:
     def __post_init__(self):
         if self.members < 1:
             raise ValueError(f"--members must be >= 1, got {self.members}")
+        if self.memory_gb is not None and not self.memory_gb > 0:
+            raise ValueError(f"--memory-gb must be > 0, got {self.memory_gb}")
         if self.steps is not None and self.steps < 2:
             raise ValueError(f"--steps must be >= 2 (the Heun sampler needs a schedule), got {self.steps}")
 
@@ -48,7 +52,8 @@ def run_sample(input_path, output_path, model=None, opts: SampleOptions = Sample
     check_output_path(output_path, opts.overwrite)
     field = read_input(input_path, bbox=opts.bbox, variable=opts.variable)
     pipe = Pipeline.from_bundle(model, backend=opts.backend, device=opts.device, tile=opts.tile,
-                                overlap=opts.overlap, max_batch=opts.max_batch, stages=opts.stages)
+                                overlap=opts.overlap, max_batch=opts.max_batch,
+                                memory_budget_gb=opts.memory_gb, stages=opts.stages)
     expected_pixel_check(field, pipe.lr_pixel_deg)
     f = pipe.scale_factor if "downscaling" in pipe.stages else 1
     lat, lon = fine_coords(field.lat, field.lon, f) if f > 1 else (field.lat, field.lon)
@@ -69,10 +74,13 @@ def run_sample(input_path, output_path, model=None, opts: SampleOptions = Sample
                       lon_lr=field.lon, thresholds_mm_h=opts.thresholds_mm_h, attrs=attrs,
                       overwrite=opts.overwrite) as out:
         for t in range(n_t):
-            res = pipe.sample_field(field.precip[t], opts.members, opts.steps, opts.seed + (t << 32),
-                                    field.aux or None, origin=origin, progress=bar.update if bar else None)
-            out.write_members(t, slice(0, opts.members), values=res["precip"])
-            out.write_corrected(t, slice(0, opts.members), values=res["corrected_lr"])
+            # Each group of members goes to the file as soon as it is sampled: memory holds one group.
+            for g in pipe.iter_member_groups(field.precip[t], opts.members, opts.steps, opts.seed + (t << 32),
+                                             field.aux or None, origin=origin,
+                                             progress=bar.update if bar else None):
+                ms = slice(g["members"][0], g["members"][-1] + 1)
+                out.write_members(t, ms, values=g["precip"])
+                out.write_corrected(t, ms, values=g["corrected_lr"])
     if bar:
         bar.close()
     return {"output": str(output_path), "times": n_t, "members": opts.members,

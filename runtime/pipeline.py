@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from precipfast.config import STAGES, SamplerConfig
+from precipfast.config import DEFAULT_OVERLAP, DEFAULT_TILE, STAGES, SamplerConfig
 from precipfast.errors import InputFormatError
 from precipfast.grid import upsample
 from precipfast.runtime.io_h5 import MAX_RATE_MM_H
@@ -56,8 +56,10 @@ class StageRun:
 class Pipeline:
     """`Pipeline.from_bundle(path=None, backend="auto", device="auto")`, then `pipe.sample(...)`."""
 
-    def __init__(self, bundle, stages: dict[str, StageRun], device: torch.device, backend_name: str):
+    def __init__(self, bundle, stages: dict[str, StageRun], device: torch.device, backend_name: str,
+                 budget_bytes: int | None = None):
         self.bundle, self.stages, self.device, self.backend_name = bundle, stages, device, backend_name
+        self.budget_bytes = budget_bytes or default_budget_bytes(device)
         m = bundle.manifest
         self.transform = bundle.transform
         self.scale_factor = int(m["scale_factor"])
@@ -65,8 +67,9 @@ class Pipeline:
         self.lr_pixel_deg, self.hr_pixel_deg = float(m["lr_pixel_deg"]), float(m["hr_pixel_deg"])
 
     @classmethod
-    def from_bundle(cls, path=None, backend: str = "auto", device: str = "auto", *, tile: int = 256,
-                    overlap: int = 32, max_batch: int | None = None, memory_budget_gb: float | None = None,
+    def from_bundle(cls, path=None, backend: str = "auto", device: str = "auto", *,
+                    tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, max_batch: int | None = None,
+                    memory_budget_gb: float | None = None,
                     stages: Sequence[str] | None = None) -> "Pipeline":
         from precipfast.export.bundle import default_bundle_path, open_bundle
         from precipfast.runtime.backends import BackendOptions, get_backend, resolve_auto
@@ -84,7 +87,7 @@ class Pipeline:
             opts = BackendOptions(max_batch=mb, max_hw=tile)
             runs[s] = StageRun(s, get_backend(name, bundle, s, dev.type, options=opts), bundle.sampler(s),
                                Tiling(tile, overlap, mb), tuple(bundle.cond_names(s)))
-        return cls(bundle, runs, dev, name)
+        return cls(bundle, runs, dev, name, budget)
 
     # ------------------------------------------------------------------ sampling
     def sample(self, lr_precip, members: int = 30, steps: int | None = None, seed: int = 0, aux=None, *,
@@ -109,12 +112,26 @@ class Pipeline:
                      origin: Origin | None = None, member_ids: Sequence[int] | None = None,
                      progress: Callable[[], None] | None = None) -> dict:
         """One coarse field (H, W) -> {'precip': (E, H*f, W*f), 'corrected_lr': (E, H, W)} as float32."""
+        groups = list(self.iter_member_groups(lr, members, steps, seed, aux, origin=origin, member_ids=member_ids,
+                                              progress=progress))
+        return {k: np.concatenate([g[k] for g in groups]) for k in ("precip", "corrected_lr")}
+
+    def iter_member_groups(self, lr: np.ndarray, members: int, steps: int | None, seed: int, aux=None, *,
+                           origin: Origin | None = None, member_ids: Sequence[int] | None = None,
+                           progress: Callable[[], None] | None = None):
+        """Sample one coarse field (H, W) in groups of members sized to the memory budget, yielding
+        {'members': ids, 'precip': (g, H*f, W*f), 'corrected_lr': (g, H, W)} per group, so a caller that
+        writes each group as it comes holds one group's fields, never the whole ensemble. The input is
+        checked here, before the first group is asked for."""
         check_rates(lr)
         ids = list(member_ids) if member_ids is not None else list(range(members))
         if not ids:
             raise ValueError(f"members must be >= 1, got {members}")
         if steps is not None and steps < 2:
             raise ValueError(f"steps must be >= 2, got {steps}")
+        return self._member_groups(lr, ids, steps, seed, aux, origin, progress)
+
+    def _member_groups(self, lr, ids, steps, seed, aux, origin, progress):
         h, w = lr.shape
         f = self.scale_factor
         org = origin or Origin(0, 0, w)
@@ -123,7 +140,6 @@ class Pipeline:
         x_sat = x_sat.view(1, 1, h, w)
         corr = self.stages.get("correction")
         down = self.stages.get("downscaling")
-        precip, corrected = [], []
         for group in _groups(ids, self._group_size(h * w * (f * f if down else 1))):
             tick = (lambda n=len(group): progress(n)) if progress else None
             if corr:
@@ -133,20 +149,21 @@ class Pipeline:
                                          origin=(org.row0, org.col0, org.width or w), on_eval=tick)
             else:
                 x_corr = x_sat.expand(len(group), 1, h, w)
-            corrected.append(_masked(inverse(x_corr, self.transform), missing))
+            corrected = _masked(inverse(x_corr, self.transform), missing)[:, 0].cpu().numpy()
+            precip = corrected
             if down:
                 x_up = upsample(x_corr, f, self.upsample_mode)
                 cond = self._cond(down, x_up, aux, lr_grid=False)
                 fo = org.scaled(f)
+                del x_corr
                 x_fin = sample_ensemble(down.backend, cond, group, "downscaling", seed,
                                         _steps(down.sampler, steps), down.tiling, base=x_up,
                                         origin=(fo.row0, fo.col0, fo.width or w * f), on_eval=tick)
+                del x_up, cond
                 fine_missing = missing.repeat_interleave(f, 0).repeat_interleave(f, 1)
-                precip.append(_masked(inverse(x_fin, self.transform), fine_missing))
-                del x_up, cond, x_fin
-        corrected_np = torch.cat(corrected)[:, 0].cpu().numpy()
-        precip_np = torch.cat(precip)[:, 0].cpu().numpy() if down else corrected_np
-        return {"precip": precip_np, "corrected_lr": corrected_np}
+                precip = _masked(inverse(x_fin, self.transform), fine_missing)[:, 0].cpu().numpy()
+                del x_fin
+            yield {"members": group, "precip": precip, "corrected_lr": corrected}
 
     def evaluations_per_member(self, steps: int | None = None) -> int:
         from precipfast.runtime.ensemble import evaluations
@@ -169,8 +186,7 @@ class Pipeline:
 
     def _group_size(self, pixels: int) -> int:
         """Members sampled together so the full-domain state fits the memory budget."""
-        budget = default_budget_bytes(self.device)
-        return max(1, int(budget // (STATE_FIELDS * 4 * pixels)))
+        return max(1, int(self.budget_bytes // (STATE_FIELDS * 4 * pixels)))
 
 
 def check_rates(lr: np.ndarray) -> None:
