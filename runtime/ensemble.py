@@ -38,9 +38,10 @@ class Tiling:
 
 
 def denoise_domain(backend: Backend, x: torch.Tensor, sigma: float, cond: torch.Tensor, tiling: Tiling,
-                   tiles: list, overlap=None) -> torch.Tensor:
+                   tiles: list, overlap=None, on_images: Callable[[int], None] | None = None) -> torch.Tensor:
     """D(x; sigma) over the whole domain: (tile, member) crops packed into micro-batches of at most
-    `tiling.max_batch`, each tile blended in once all its members are denoised.
+    `tiling.max_batch`, each tile blended in once all its members are denoised. `on_images(n)` is
+    called after each backend call with the number of (member, tile) images it denoised.
 
     x (E, 1, H, W); cond (E or 1, Cc, H, W). Returns (E, 1, H, W)."""
     e = x.shape[0]
@@ -58,6 +59,8 @@ def denoise_domain(backend: Backend, x: torch.Tensor, sigma: float, cond: torch.
             cb = torch.stack([crop(cond[m if cond.shape[0] > 1 else 0], tiles[ti]) for ti, m in part])
             sig = torch.full((len(part),), sigma, dtype=x.dtype, device=x.device)
             db = backend(xb, sig, cb)
+            if on_images:
+                on_images(len(part))
             for (ti, m), d in zip(part, db):
                 if single:
                     out[m] = d
@@ -74,26 +77,21 @@ def denoise_domain(backend: Backend, x: torch.Tensor, sigma: float, cond: torch.
 def sample_ensemble(backend: Backend, cond: torch.Tensor, members: Sequence[int], stage: str, seed: int,
                     cfg: SamplerConfig, tiling: Tiling, base: torch.Tensor | None = None,
                     origin: tuple[int, int, int] | None = None, step_impl=ReferenceStep,
-                    on_eval: Callable[[], None] | None = None) -> torch.Tensor:
+                    on_images: Callable[[int], None] | None = None) -> torch.Tensor:
     """Sample the residual for `members` at once; returns base + residual (or the residual alone).
 
     cond (E or 1, Cc, H, W) working-space conditioning; base (E or 1, 1, H, W) added at the end;
-    origin (row0, col0, global_width) places the domain on the global grid that keys the noise."""
+    origin (row0, col0, global_width) places the domain on the global grid that keys the noise;
+    on_images(n) reports progress in (member, tile) images denoised (see `images`)."""
     h, w = cond.shape[-2], cond.shape[-1]
     r0, c0, gw = origin or (0, 0, w)
-    tile = (balanced_tile(h, tiling.tile, tiling.overlap), balanced_tile(w, tiling.tile, tiling.overlap))
-    # An axis covered by one tile has no overlap to blend; plan_tiles needs overlap < tile there.
-    overlap = (min(tiling.overlap, tile[0] - 1), min(tiling.overlap, tile[1] - 1))
-    tiles = plan_tiles(h, w, tile, overlap)
+    tiles, overlap = domain_tiles(h, w, tiling)
     ts = [float(t) for t in karras_sigmas(cfg.num_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)]
     eps = lambda step: pf_noise.normal_members(  # noqa: E731
         seed, members, stage, step, r0, r0 + h, c0, c0 + w, gw).to(cond)
 
     def denoise(x, t):
-        d = denoise_domain(backend, x, t, cond, tiling, tiles, overlap)
-        if on_eval:
-            on_eval()
-        return d
+        return denoise_domain(backend, x, t, cond, tiling, tiles, overlap, on_images)
 
     x = eps(0) * ts[0]
     for i, (t_cur, t_next) in enumerate(zip(ts[:-1], ts[1:])):
@@ -105,6 +103,19 @@ def sample_ensemble(backend: Backend, cond: torch.Tensor, members: Sequence[int]
         if t_next > 0 and cfg.solver == "heun":
             x = step_impl.heun(x_hat, d_hat, x, denoise(x, t_next), t_hat, t_next, None)
     return x
+
+
+def domain_tiles(h: int, w: int, tiling: Tiling):
+    """The tiles of an (h, w) domain and the per-axis overlap they are blended over."""
+    tile = (balanced_tile(h, tiling.tile, tiling.overlap), balanced_tile(w, tiling.tile, tiling.overlap))
+    # An axis covered by one tile has no overlap to blend; plan_tiles needs overlap < tile there.
+    overlap = (min(tiling.overlap, tile[0] - 1), min(tiling.overlap, tile[1] - 1))
+    return plan_tiles(h, w, tile, overlap), overlap
+
+
+def images(h: int, w: int, members: int, cfg: SamplerConfig, tiling: Tiling) -> int:
+    """(member, tile) images the backend denoises to sample `members` over an (h, w) domain."""
+    return members * len(domain_tiles(h, w, tiling)[0]) * evaluations(cfg)
 
 
 def evaluations(cfg: SamplerConfig) -> int:

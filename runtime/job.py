@@ -67,17 +67,19 @@ def run_sample(input_path, output_path, model=None, opts: SampleOptions = Sample
              "input_variable": field.variable, "precipfast_version": __version__,
              "missing_policy": "missing input pixels conditioned as 0 mm/h; output NaN over them",
              "noise": "Philox4x32-10 keyed by (seed + t * 2^32, member, stage, step, global pixel)"}
-    total = n_t * opts.members * pipe.evaluations_per_member(opts.steps)
-    bar = _progress(total, quiet)
+    h, w = field.precip.shape[1:]
+    bar = _progress(n_t * pipe.images_per_field(h, w, opts.members, opts.steps), quiet, n_t)
     with OutputWriter(output_path, lat=lat, lon=lon, members=opts.members,
                       times=field.times if field.times is not None else n_t, lat_lr=field.lat,
                       lon_lr=field.lon, thresholds_mm_h=opts.thresholds_mm_h, attrs=attrs,
                       overwrite=opts.overwrite) as out:
         for t in range(n_t):
+            if bar:
+                bar.time_slice(t)
             # Each group of members goes to the file as soon as it is sampled: memory holds one group.
             for g in pipe.iter_member_groups(field.precip[t], opts.members, opts.steps, opts.seed + (t << 32),
                                              field.aux or None, origin=origin,
-                                             progress=bar.update if bar else None):
+                                             progress=bar.advance if bar else None):
                 ms = slice(g["members"][0], g["members"][-1] + 1)
                 out.write_members(t, ms, values=g["precip"])
                 out.write_corrected(t, ms, values=g["corrected_lr"])
@@ -95,9 +97,28 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
-def _progress(total: int, quiet: bool):
-    if quiet:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc="denoiser evaluations (member x step x stage)", unit="eval", file=sys.stderr,
-                dynamic_ncols=True)
+class _Progress:
+    """tqdm on stderr counting (member, tile) images denoised over all stages, steps and times, with
+    the stage being sampled in its description; the ETA holds for the whole run."""
+
+    def __init__(self, total: int, n_times: int):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, smoothing=0.05)
+        self.n_times, self.t, self.shown = n_times, 0, None
+
+    def time_slice(self, t: int) -> None:
+        self.t = t
+
+    def advance(self, n: int, stage: str) -> None:
+        if (self.t, stage) != self.shown:
+            self.shown = (self.t, stage)
+            when = f"time {self.t + 1}/{self.n_times} " if self.n_times > 1 else ""
+            self.bar.set_description(f"{when}{stage} (member x tile x evaluation)", refresh=False)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress(total: int, quiet: bool, n_times: int = 1):
+    return None if quiet else _Progress(total, n_times)

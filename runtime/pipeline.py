@@ -91,7 +91,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ sampling
     def sample(self, lr_precip, members: int = 30, steps: int | None = None, seed: int = 0, aux=None, *,
-               origin: Origin | None = None, progress: Callable[[], None] | None = None) -> dict:
+               origin: Origin | None = None, progress: Callable[[int, str], None] | None = None) -> dict:
         """lr_precip (H, W) or (T, H, W) mm/h (NaN = missing). Returns numpy arrays:
         precip (T?, E, H*f, W*f), corrected_lr (T?, E, H, W), precip_mean and precip_std (T?, H*f, W*f);
         the T axis only when the input had one. Time t uses seed + t * 2^32 (see README: noise)."""
@@ -110,7 +110,7 @@ class Pipeline:
 
     def sample_field(self, lr: np.ndarray, members: int, steps: int | None, seed: int, aux=None, *,
                      origin: Origin | None = None, member_ids: Sequence[int] | None = None,
-                     progress: Callable[[], None] | None = None) -> dict:
+                     progress: Callable[[int, str], None] | None = None) -> dict:
         """One coarse field (H, W) -> {'precip': (E, H*f, W*f), 'corrected_lr': (E, H, W)} as float32."""
         groups = list(self.iter_member_groups(lr, members, steps, seed, aux, origin=origin, member_ids=member_ids,
                                               progress=progress))
@@ -118,11 +118,12 @@ class Pipeline:
 
     def iter_member_groups(self, lr: np.ndarray, members: int, steps: int | None, seed: int, aux=None, *,
                            origin: Origin | None = None, member_ids: Sequence[int] | None = None,
-                           progress: Callable[[], None] | None = None):
+                           progress: Callable[[int, str], None] | None = None):
         """Sample one coarse field (H, W) in groups of members sized to the memory budget, yielding
         {'members': ids, 'precip': (g, H*f, W*f), 'corrected_lr': (g, H, W)} per group, so a caller that
         writes each group as it comes holds one group's fields, never the whole ensemble. The input is
-        checked here, before the first group is asked for."""
+        checked here, before the first group is asked for. progress(n, stage) is told of every n
+        (member, tile) images denoised (`images_per_field` counts them)."""
         check_rates(lr)
         ids = list(member_ids) if member_ids is not None else list(range(members))
         if not ids:
@@ -141,12 +142,12 @@ class Pipeline:
         corr = self.stages.get("correction")
         down = self.stages.get("downscaling")
         for group in _groups(ids, self._group_size(h * w * (f * f if down else 1))):
-            tick = (lambda n=len(group): progress(n)) if progress else None
             if corr:
                 cond = self._cond(corr, x_sat, aux, lr_grid=True)
                 x_corr = sample_ensemble(corr.backend, cond, group, "correction", seed,
                                          _steps(corr.sampler, steps), corr.tiling, base=x_sat,
-                                         origin=(org.row0, org.col0, org.width or w), on_eval=tick)
+                                         origin=(org.row0, org.col0, org.width or w),
+                                         on_images=_tick(progress, "correction"))
             else:
                 x_corr = x_sat.expand(len(group), 1, h, w)
             corrected = _masked(inverse(x_corr, self.transform), missing)[:, 0].cpu().numpy()
@@ -158,12 +159,23 @@ class Pipeline:
                 del x_corr
                 x_fin = sample_ensemble(down.backend, cond, group, "downscaling", seed,
                                         _steps(down.sampler, steps), down.tiling, base=x_up,
-                                        origin=(fo.row0, fo.col0, fo.width or w * f), on_eval=tick)
+                                        origin=(fo.row0, fo.col0, fo.width or w * f),
+                                        on_images=_tick(progress, "downscaling"))
                 del x_up, cond
                 fine_missing = missing.repeat_interleave(f, 0).repeat_interleave(f, 1)
                 precip = _masked(inverse(x_fin, self.transform), fine_missing)[:, 0].cpu().numpy()
                 del x_fin
             yield {"members": group, "precip": precip, "corrected_lr": corrected}
+
+    def images_per_field(self, height: int, width: int, members: int, steps: int | None = None) -> int:
+        """(member, tile) images denoised to sample one coarse (height, width) field: the unit of
+        `progress`."""
+        from precipfast.runtime.ensemble import images
+        f, total = self.scale_factor, 0
+        for name, run in self.stages.items():
+            s = f if name == "downscaling" else 1
+            total += images(height * s, width * s, members, _steps(run.sampler, steps), run.tiling)
+        return total
 
     def evaluations_per_member(self, steps: int | None = None) -> int:
         from precipfast.runtime.ensemble import evaluations
@@ -200,6 +212,10 @@ def check_rates(lr: np.ndarray) -> None:
     if hi > MAX_RATE_MM_H:
         raise InputFormatError(f"input precipitation has absurd rates (max {hi:g} mm/h); expected <= "
                                f"{MAX_RATE_MM_H:g} mm/h — is the unit mm/h?")
+
+
+def _tick(progress, stage: str):
+    return (lambda n: progress(n, stage)) if progress else None
 
 
 def _masked(x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:

@@ -46,3 +46,24 @@ def test_bad_field_is_refused_before_the_first_group(tiny_bundle):
 def test_memory_budget_must_be_positive():
     with pytest.raises(ValueError, match="memory-gb"):
         SampleOptions(memory_gb=0)
+
+
+def test_progress_counts_every_image_the_backend_denoises(tiny_bundle):
+    pipe = Pipeline.from_bundle(tiny_bundle, backend="torch", device="cpu", tile=32, overlap=8)
+    seen = {}
+    lr = np.ones((6, 7), np.float32)  # 60 x 70 fine: 3 x 3 tiles of 32 px; the coarse grid is one tile
+    pipe.sample_field(lr, 2, 3, seed=0, progress=lambda n, stage: seen.__setitem__(stage, seen.get(stage, 0) + n))
+    evals = 2 * 3 - 1  # Heun: two evaluations per step, Euler on the last
+    assert seen == {"correction": 2 * 1 * evals, "downscaling": 2 * 9 * evals}
+    assert sum(seen.values()) == pipe.images_per_field(6, 7, 2, 3)
+
+
+def test_progress_bar_on_stderr_names_the_stage_and_time(tiny_bundle, coarse_file, tmp_path, capsys):
+    run_sample(coarse_file, tmp_path / "p.h5", tiny_bundle,
+               SampleOptions(members=2, steps=2, backend="torch", device="cpu"), quiet=False)
+    err = capsys.readouterr().err
+    # tqdm redraws at most every 0.1 s, so the quick correction stage may never be drawn.
+    assert "time 1/2 " in err and "time 2/2 downscaling (member x tile x evaluation)" in err and "100%" in err
+    run_sample(coarse_file, tmp_path / "q.h5", tiny_bundle,
+               SampleOptions(members=2, steps=2, backend="torch", device="cpu"), quiet=True)
+    assert capsys.readouterr().err == ""
