@@ -103,7 +103,7 @@ class _Progress:
 
     def __init__(self, total: int, n_times: int):
         from tqdm import tqdm
-        self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, smoothing=0.05)
+        self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, smoothing=0.05, mininterval=1.0)
         self.n_times, self.t, self.shown = n_times, 0, None
 
     def time_slice(self, t: int) -> None:
