@@ -25,5 +25,9 @@ class KernelUnavailableError(PrecipfastError):
     """A fused kernel cannot run here (no GPU or Triton); the message says which fallback ran."""
 
 
+class SamplingError(PrecipfastError):
+    """Sampling produced rates that are not numbers (inf/NaN): too few steps, or a broken model."""
+
+
 class OutputError(PrecipfastError):
     """The output path cannot be written (missing or read-only directory, existing file)."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from precipfast.config import DEFAULT_OVERLAP, DEFAULT_TILE, STAGES, SamplerConfig
-from precipfast.errors import InputFormatError
+from precipfast.errors import InputFormatError, SamplingError
 from precipfast.grid import upsample
 from precipfast.runtime.io_h5 import MAX_RATE_MM_H
 from precipfast.runtime.ensemble import Tiling, auto_max_batch, default_budget_bytes, sample_ensemble
@@ -150,7 +150,7 @@ class Pipeline:
                                          on_images=_tick(progress, "correction"))
             else:
                 x_corr = x_sat.expand(len(group), 1, h, w)
-            corrected = _masked(inverse(x_corr, self.transform), missing)[:, 0].cpu().numpy()
+            corrected = _masked(_finite(inverse(x_corr, self.transform), corr, steps), missing)[:, 0].cpu().numpy()
             precip = corrected
             if down:
                 x_up = upsample(x_corr, f, self.upsample_mode)
@@ -163,7 +163,7 @@ class Pipeline:
                                         on_images=_tick(progress, "downscaling"))
                 del x_up, cond
                 fine_missing = missing.repeat_interleave(f, 0).repeat_interleave(f, 1)
-                precip = _masked(inverse(x_fin, self.transform), fine_missing)[:, 0].cpu().numpy()
+                precip = _masked(_finite(inverse(x_fin, self.transform), down, steps), fine_missing)[:, 0].cpu().numpy()
                 del x_fin
             yield {"members": group, "precip": precip, "corrected_lr": corrected}
 
@@ -212,6 +212,18 @@ def check_rates(lr: np.ndarray) -> None:
     if hi > MAX_RATE_MM_H:
         raise InputFormatError(f"input precipitation has absurd rates (max {hi:g} mm/h); expected <= "
                                f"{MAX_RATE_MM_H:g} mm/h — is the unit mm/h?")
+
+
+def _finite(rates: torch.Tensor, run: StageRun | None, steps: int | None) -> torch.Tensor:
+    """Refuse a stage's output with non-finite rates rather than write them: with too few Heun steps
+    from a large sigma_max the last steps cannot remove the initial noise and exp() overflows."""
+    if run is None or bool(torch.isfinite(rates).all()):
+        return rates
+    bad = int((~torch.isfinite(rates)).sum())
+    cfg = _steps(run.sampler, steps)
+    raise SamplingError(f"the {run.name} stage diverged: {bad} of {rates.numel()} rates are inf or NaN with "
+                        f"{cfg.num_steps} Heun steps from sigma_max {cfg.sigma_max:g}; expected finite rates: "
+                        f"use more --steps (at least 8 with the shipped model)")
 
 
 def _tick(progress, stage: str):

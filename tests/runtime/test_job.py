@@ -67,3 +67,15 @@ def test_progress_bar_on_stderr_names_the_stage_and_time(tiny_bundle, coarse_fil
     run_sample(coarse_file, tmp_path / "q.h5", tiny_bundle,
                SampleOptions(members=2, steps=2, backend="torch", device="cpu"), quiet=True)
     assert capsys.readouterr().err == ""
+
+
+def test_a_diverged_run_leaves_no_output(tiny_bundle, coarse_file, tmp_path, monkeypatch):
+    from precipfast.errors import SamplingError
+    from precipfast.runtime import pipeline as pl
+    real = pl.sample_ensemble
+    monkeypatch.setattr(pl, "sample_ensemble", lambda *a, **k: real(*a, **k) * 1e9)  # exp() overflows
+    out = tmp_path / "ens.h5"
+    with pytest.raises(SamplingError, match="correction stage diverged"):
+        run_sample(coarse_file, out, tiny_bundle, SampleOptions(members=2, steps=2, backend="torch", device="cpu"),
+                   quiet=True)
+    assert not out.exists() and not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))

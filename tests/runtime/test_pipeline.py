@@ -78,3 +78,13 @@ def test_fine_coords_centre_in_coarse_pixels():
     assert lat[0] == pytest.approx(40.995) and lat[-1] == pytest.approx(40.805)
     assert lon[0] == pytest.approx(-100.995) and lon[-1] == pytest.approx(-100.805)
     assert np.allclose(lat[:10].mean(), 40.95) and np.allclose(lon[10:].mean(), -100.85)
+
+
+def test_diverged_sampling_is_refused_not_written(tiny_bundle):
+    from precipfast.errors import SamplingError
+    pipe = _pipe(tiny_bundle)
+    # A denoiser that overflows: what too few steps from sigma_max = 80 do to the shipped model.
+    pipe.stages["downscaling"].backend = lambda x, sigma, cond: x.new_full(x.shape, 1e30)
+    with pytest.raises(SamplingError, match=r"downscaling stage diverged: \d+ of 8400 rates are inf or NaN with "
+                                            r"3 Heun steps .*use more --steps"):
+        pipe.sample_field(LR, 2, 3, seed=0)
