@@ -23,7 +23,11 @@ from precipfast.runtime.io_h5 import MAX_RATE_MM_H
 from precipfast.runtime.ensemble import Tiling, auto_max_batch, default_budget_bytes, sample_ensemble
 from precipfast.transform import forward, inverse
 
-STATE_FIELDS = 10  # full-domain tensors per member alive during a stage (x, x_hat, d, cond, blender, ...)
+# Full-domain float32 fields per member at the peak of a stage: x_hat, both denoised estimates (blender
+# numerators), the Euler point, the conditioning/base and the step's temporaries. Measured: the peak
+# RSS of the shipped downscaling stage over 1500^2 px grows by 13.7 fields for the second member
+# (/proc VmHWM, 1 vs 2 members, 3 steps).
+STATE_FIELDS = 14
 
 
 @dataclass(frozen=True)
