@@ -15,9 +15,10 @@ STAGES = ("correction", "downscaling")
 
 # Tile edge and overlap (pixels of the stage's grid). 128 px: the U-Nets attend over every pixel of a
 # tile at 1/4 resolution, so the attention cost per pixel grows with the tile's area; measured on the
-# shipped downscaling net through ONNX Runtime (2 cores), per useful pixel with a 32 px overlap:
-# 256 px 5.1 us, 192 px 4.2 us, 128 px 3.5 us, 96 px 4.6 us. 128 px is also nearer the 80 px training
-# crops, so attention sees contexts of the size it was trained on.
+# shipped downscaling net through ONNX Runtime (2 cores), per useful pixel with a 32 px overlap, in two
+# runs: 256 px 5.1 / 3.6-3.9 us, 192 px 4.2 / 3.1 us, 128 px 3.5 / 2.9 us, 96 px 4.6 us (see
+# benchmarks/RESULTS.md). 128 px is also nearer the 80 px training crops, so attention sees contexts
+# of the size it was trained on.
 DEFAULT_TILE = 128
 DEFAULT_OVERLAP = 32
 

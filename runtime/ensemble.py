@@ -139,13 +139,16 @@ def image_bytes(unet_cfg, height: int, width: int, dtype_bytes: int = 4) -> int:
     return int(2 * total * dtype_bytes)
 
 
-# Pixels per backend call past which a CPU gets slower, not faster: the shipped downscaling net through
-# ONNX Runtime on 2 cores, 128 px tiles, ns per pixel by images per call: 2 -> 2000, 4 -> 1800,
-# 8 -> 1640, 12 -> 1810, 24 -> 1750, 48 -> 2370 (activations fall out of cache). 8 x 128^2 pixels.
+# Pixels per backend call on the CPU. Past a few images a 2-core CPU gains no throughput, only memory:
+# ONNX Runtime keeps every intermediate of a call in its arena. Shipped downscaling net, 128 px tiles
+# (`python -m precipfast.benchmarks.bench_backends --bundle precipfast/bundles/default --stage
+# downscaling --hw 128 128 --backends onnxruntime --batch N`): 2, 8 and 48 images per call ran at
+# 28.6, 27.4 and 29.4 images/s, and the 30-member 5x5 degree run peaked at 1.00 GiB with this cap
+# against 2.38 GiB with 48 images per call.
 CPU_PIXELS_PER_CALL = 8 * 128 * 128
 
 
-def auto_max_batch(unet_cfg, tile: int, budget_bytes: int, device_type: str = "cpu") -> int:
+def auto_max_batch(unet_cfg, tile: int, budget_bytes: int, *, device_type: str) -> int:
     """Images per backend call: as many as the memory budget holds, and on the CPU no more than
     CPU_PIXELS_PER_CALL pixels."""
     n = max(1, int(budget_bytes // max(1, image_bytes(unet_cfg, tile, tile))))

@@ -87,7 +87,7 @@ class Pipeline:
         budget = int(memory_budget_gb * 1024 ** 3) if memory_budget_gb else default_budget_bytes(dev)
         runs = {}
         for s in wanted:
-            mb = max_batch or auto_max_batch(bundle.unet(s), tile, budget, dev.type)
+            mb = max_batch or auto_max_batch(bundle.unet(s), tile, budget, device_type=dev.type)
             opts = BackendOptions(max_batch=mb, max_hw=tile)
             runs[s] = StageRun(s, get_backend(name, bundle, s, dev.type, options=opts), bundle.sampler(s),
                                Tiling(tile, overlap, mb), tuple(bundle.cond_names(s)))

@@ -100,8 +100,8 @@ def test_auto_max_batch_follows_budget_and_cpu_cap():
     from precipfast.runtime.ensemble import CPU_PIXELS_PER_CALL, auto_max_batch, image_bytes
     unet = UNetConfig(model_channels=16, channel_mult=(1, 2, 2), attn_levels=(2,))
     one = image_bytes(unet, 128, 128)
-    assert auto_max_batch(unet, 128, 3 * one, "cuda") == 3          # the budget alone on a GPU
-    assert auto_max_batch(unet, 128, 3 * one, "cpu") == 3
-    assert auto_max_batch(unet, 128, 1000 * one, "cpu") == CPU_PIXELS_PER_CALL // 128 ** 2 == 8
-    assert auto_max_batch(unet, 256, 1000 * one, "cpu") == 2
-    assert auto_max_batch(unet, 128, one // 2, "cpu") == 1           # never below one image
+    assert auto_max_batch(unet, 128, 3 * one, device_type="cuda") == 3          # the budget alone on a GPU
+    assert auto_max_batch(unet, 128, 3 * one, device_type="cpu") == 3
+    assert auto_max_batch(unet, 128, 1000 * one, device_type="cpu") == CPU_PIXELS_PER_CALL // 128 ** 2 == 8
+    assert auto_max_batch(unet, 256, 1000 * one, device_type="cpu") == 2
+    assert auto_max_batch(unet, 128, one // 2, device_type="cpu") == 1           # never below one image

@@ -38,8 +38,9 @@ def test_member_groups_follow_the_budget(tiny_bundle):
 
 
 def test_bad_field_is_refused_before_the_first_group(tiny_bundle):
+    from precipfast.errors import InputFormatError
     pipe = Pipeline.from_bundle(tiny_bundle, backend="torch", device="cpu")
-    with pytest.raises(Exception, match="negative"):
+    with pytest.raises(InputFormatError, match="negative"):
         pipe.iter_member_groups(-np.ones((12, 14), np.float32), 2, 2, seed=0)  # no next() needed
 
 
