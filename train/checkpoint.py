@@ -25,7 +25,7 @@ CONFIG_NAME = "config.json"
 def build_denoiser(unet_cfg: UNetConfig, edm_cfg: EDMConfig) -> Preconditioned:
     """The EDM-preconditioned U-Net D(x, sigma, cond) for the given configs (random weights)."""
     from precipfast.train.unet import UNet
-    return Preconditioned(UNet(unet_cfg), edm_cfg.sigma_data)
+    return Preconditioned(UNet(unet_cfg), edm_cfg.sigma_data, edm_cfg.kind, edm_cfg.denoised_max)
 
 
 def _atomic_json(path: Path, obj: dict) -> None:
