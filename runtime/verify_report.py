@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 COLUMNS = {"ensemble": "ensemble", "bilinear": "bilinear", "nearest": "nearest",
-           "bilinear_truth_meanpool": "bilin.pooled truth"}
+           "bilinear_truth_meanpool": "pooled truth"}
 ROWS = (("crps", "CRPS fair (points: MAE) mm/h"), ("mae", "MAE of mean mm/h"), ("rmse", "RMSE of mean mm/h"),
         ("bias", "bias mm/h"), ("bias_ratio", "bias ratio (of means)"), ("corr", "correlation"),
         ("spread_skill", "spread/skill (1 = calibrated)"), ("psd_ratio_2_50km", "PSD ratio 2-50 km (1 = truth)"),
@@ -29,7 +29,7 @@ def format_table(result: dict) -> str:
     scores = result["scores"]
     cols = [c for c in COLUMNS if c in scores]
     label_w = 34
-    width = max(12, *(len(COLUMNS[c]) + 2 for c in cols))
+    width = max(11, *(len(COLUMNS[c]) + 2 for c in cols))
     times = result.get("times", [])
     lines = [f"ensemble {result['ensemble']} ({result['members']} members) vs truth {result['truth']}",
              f"{len(times)} time(s), {result['n_pixels']:,} pixels scored ({100 * result['valid_fraction']:.1f} % "
@@ -47,6 +47,8 @@ def format_table(result: dict) -> str:
     lines += ["", f"rank histogram ({len(rh['counts'])} bins): {' '.join(str(c) for c in rh['counts'])}",
               f"  flatness: reliability index {_fmt(rh['reliability_index'])} (0 = flat), "
               f"delta {_fmt(rh['delta'])} (1 = flat for independent pixels)"]
+    lines += ["columns: bilinear/nearest = upsampled coarse input; pooled truth = bilinear of the truth "
+              "mean-pooled to the coarse grid"] if "bilinear_truth_meanpool" in cols else []
     lines += [f"note: {n}" for n in result.get("notes", [])]
     return "\n".join(lines)
 
@@ -132,6 +134,6 @@ def plot_verification(result: dict, out_png) -> Path:
             ax.set_title(title + (f" (every {s}th pixel)" if s > 1 else ""), fontsize=10)
             ax.set_xlabel("pixels")
         fig.colorbar(im, ax=ax, shrink=0.8, label="rain rate (mm/h)")
-    t0 = result["times"][0] if result.get("times") else ""
+    t0 = (result.get("times_iso") or result.get("times") or [""])[0]
     return save_figure(fig, Path(out_png), f"{Path(result['ensemble']).name} vs {Path(result['truth']).name}"
                        f" ({result['members']} members; maps: time {t0})")
