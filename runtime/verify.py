@@ -227,7 +227,7 @@ class _Accumulator:
     def scores(self) -> dict:
         out = {}
         for name in self.names:
-            n, s_abs, s_sq, s_p, s_y, s_pp, s_yy, s_py = self.det[name]
+            n, s_abs, s_sq, s_p, s_y, s_pp, s_yy, s_py = (float(v) for v in self.det[name])
             if n == 0:
                 out[name] = {}
                 continue
@@ -241,7 +241,7 @@ class _Accumulator:
             if name == "ensemble":  # Fortin et al. 2014, Eq. 15: (E+1)/E makes a calibrated ensemble 1
                 spread = math.sqrt(self.var / n * (self.e + 1) / self.e)
                 s["spread_skill"] = spread / rmse if rmse > 0 else float("nan")
-            s["fss"] = {f"{thr:g}mm_h": {f"{km:g}km": (1.0 - num / den if den > 0 else float("nan"))
+            s["fss"] = {f"{thr:g}mm_h": {f"{km:g}km": (1.0 - float(num / den) if den > 0 else float("nan"))
                                          for km, (num, den) in zip(SCALES_KM, self.fss[name][k])}
                         for k, thr in enumerate(THRESHOLDS_MM_H)}
             out[name] = s
