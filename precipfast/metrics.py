@@ -169,27 +169,45 @@ def rank_histogram_flatness(counts) -> dict:
             "reliability_index": float(np.abs(s / n - 1.0 / bins).sum())}
 
 
-def neighbourhood_mean(field, size: int, valid=None) -> np.ndarray:
+def _box_sum(a: np.ndarray, r: int, axis: int) -> np.ndarray:
+    """Sum over the window [i - r, i + r] along `axis`, cut at the edges, from one cumulative sum: the
+    1-D integral image (Crow 1984); two passes make the separable 2-D box sum. Slices only, no gathers."""
+    a = np.moveaxis(a, axis, 0)
+    n = a.shape[0]
+    c = np.zeros((n + 1,) + a.shape[1:])
+    np.cumsum(a, axis=0, out=c[1:])
+    q = max(n - r, 0)                   # rows whose window ends inside: i + r + 1 <= n
+    out = np.empty_like(c[1:])
+    out[:q] = c[r + 1:r + 1 + q]
+    out[q:] = c[n]
+    if r < n:                           # rows whose window starts inside: i - r >= 0
+        out[r:] -= c[:n - r]
+    return np.moveaxis(out, 0, axis)
+
+
+def box_sum(a, size: int) -> np.ndarray:
+    """Sum of a (H, W) over the size x size window centred on each pixel, cut at the edges (size odd)."""
+    r = int(size) // 2
+    return _box_sum(_box_sum(np.asarray(a, np.float64), r, 0), r, 1)
+
+
+def neighbourhood_mean(field, size: int, valid=None, count=None) -> np.ndarray:
     """Mean of `field` (H, W) over the size x size window centred on each pixel, from integral images
     (summed-area tables, Crow 1984): O(HW) whatever the size. NaN-aware: only pixels that are finite and
-    `valid` count, windows are cut at the edges, and a window with no such pixel gives NaN. size is odd."""
+    `valid` count, windows are cut at the edges, and a window with no such pixel gives NaN. size is odd.
+    count: box_sum(valid, size), precomputed by a caller that averages many fields over one mask (each
+    field must then be finite wherever valid)."""
     if int(size) != size or size < 1 or size % 2 == 0:
         raise ValueError(f"neighbourhood size must be an odd positive number of pixels, got {size}")
     f = _as_np(field).astype(np.float64)
     if f.ndim != 2:
         raise ValueError(f"neighbourhood_mean needs a 2-D field (H, W), got shape {f.shape}")
     ok = np.isfinite(f) if valid is None else (np.isfinite(f) & _as_np(valid).astype(bool))
-    h, w = f.shape
-    r = int(size) // 2
-
-    def window_sum(a):
-        s = np.zeros((h + 1, w + 1))
-        np.cumsum(np.cumsum(a, axis=0), axis=1, out=s[1:, 1:])
-        i0, i1 = np.clip(np.arange(h) - r, 0, h), np.clip(np.arange(h) + r + 1, 0, h)
-        j0, j1 = np.clip(np.arange(w) - r, 0, w), np.clip(np.arange(w) + r + 1, 0, w)
-        return s[np.ix_(i1, j1)] - s[np.ix_(i0, j1)] - s[np.ix_(i1, j0)] + s[np.ix_(i0, j0)]
-
-    total, count = window_sum(np.where(ok, f, 0.0)), window_sum(ok.astype(np.float64))
+    if count is None:
+        count = box_sum(ok, size)
+    elif valid is None or not np.array_equal(ok, _as_np(valid).astype(bool)):
+        raise ValueError("a precomputed count needs `valid`, and the field finite wherever valid")
+    total = box_sum(np.where(ok, f, 0.0), size)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0.5, total / np.maximum(count, 1.0), np.nan)
 
@@ -205,8 +223,15 @@ def fss_terms(forecast_fraction, truth, threshold: float, size: int, valid=None)
     ok = np.isfinite(y) & np.isfinite(p)
     if valid is not None:
         ok &= _as_np(valid).astype(bool)
-    p_f = neighbourhood_mean(p, size, ok)
     p_o = neighbourhood_mean((y >= threshold).astype(np.float64), size, ok)
+    return fss_sums(neighbourhood_mean(p, size, ok), p_o, ok)
+
+
+def fss_sums(p_f, p_o, valid) -> tuple[float, float]:
+    """(sum (P_f - P_o)^2, sum P_f^2 + P_o^2) over `valid` of neighbourhood fractions already computed
+    (neighbourhood_mean with the same `valid`): the MSE and reference MSE of Roberts & Lean (2008) times
+    the number of pixels. Lets a caller share the truth's fractions P_o among several forecasts."""
+    ok = np.asarray(valid, bool)
     d, pf, po = (p_f - p_o)[ok], p_f[ok], p_o[ok]
     return float((d * d).sum()), float((pf * pf).sum() + (po * po).sum())
 

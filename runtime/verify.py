@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from precipfast.errors import InputFormatError, OutputError
-from precipfast.metrics import (crps_ensemble, fss_sums, neighbourhood_mean, psd_band_ratio, psd_radial,
+from precipfast.metrics import (box_sum, crps_ensemble, fss_sums, neighbourhood_mean, psd_band_ratio, psd_radial,
                                 rank_histogram, rank_histogram_flatness)
 from precipfast.runtime.verify_data import (EnsembleFile, check_ensemble_file, coarse_grid, fmt_times, match_times,
                                             mean_pool, read_coarse_input, read_truth, regrid, select_times)
@@ -184,8 +184,8 @@ class _Accumulator:
     def add_time(self, ens: EnsembleFile, t: int, truth, base: dict) -> np.ndarray:
         """Add one time; returns the (H, W) mask of the pixels scored."""
         h, w = truth.shape
-        mean = np.full((h, w), np.nan)
-        prob = np.full((len(THRESHOLDS_MM_H), h, w), np.nan)
+        mean = np.full((h, w), np.nan, np.float32)   # float32 fields: a CONUS time is 24.5 M pixels
+        prob = np.full((len(THRESHOLDS_MM_H), h, w), np.nan, np.float32)
         ok = np.zeros((h, w), bool)
         for r0 in range(0, h, TILE):
             for c0 in range(0, w, TILE):
@@ -210,13 +210,16 @@ class _Accumulator:
                 for k, thr in enumerate(THRESHOLDS_MM_H):
                     prob[k, rs, cs][m] = (xm >= thr).mean(axis=0)
         self.n += int(ok.sum())
+        counts = {}  # valid pixels per window, one per size for every forecast and threshold
         for k, thr in enumerate(THRESHOLDS_MM_H):  # fractions of the truth shared by every forecast
             fields = {"ensemble": prob[k], **{n: (b >= thr).astype(np.float64) for n, b in base.items()}}
             obs = (np.nan_to_num(truth) >= thr).astype(np.float64)
             for j, size in enumerate(self.sizes):
-                p_o = neighbourhood_mean(obs, size, ok)
+                count = counts.setdefault(size, box_sum(ok, size))
+                p_o = neighbourhood_mean(obs, size, ok, count)
                 for name, fl in fields.items():
-                    self.fss[name][k, j] += fss_sums(neighbourhood_mean(fl, size, ok), p_o, ok)
+                    self.fss[name][k, j] += fss_sums(neighbourhood_mean(np.where(ok, fl, 0.0), size, ok, count),
+                                                     p_o, ok)
         self.last_mean = mean
         return ok
 

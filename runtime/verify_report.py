@@ -10,16 +10,21 @@ import numpy as np
 
 COLUMNS = {"ensemble": "ensemble", "bilinear": "bilinear", "nearest": "nearest",
            "bilinear_truth_meanpool": "pooled truth"}
-ROWS = (("crps", "CRPS fair (points: MAE) mm/h"), ("mae", "MAE of mean mm/h"), ("rmse", "RMSE of mean mm/h"),
-        ("bias", "bias mm/h"), ("bias_ratio", "bias ratio (of means)"), ("corr", "correlation"),
-        ("spread_skill", "spread/skill (1 = calibrated)"), ("psd_ratio_2_50km", "PSD ratio 2-50 km (1 = truth)"),
-        ("psd_ratio_2_20km", "PSD ratio 2-20 km"))
+# (key, label, ratio): ratios can span decades (a spectrum 1e-4 of the truth's) and get 3 significant digits;
+# the rest are rates and scores with 3 decimals, so a bias of 1e-10 mm/h reads 0.000
+ROWS = (("crps", "CRPS fair (points: MAE) mm/h", False), ("mae", "MAE of mean mm/h", False),
+        ("rmse", "RMSE of mean mm/h", False), ("bias", "bias mm/h", False),
+        ("bias_ratio", "bias ratio (of means)", True), ("corr", "correlation", False),
+        ("spread_skill", "spread/skill (1 = calibrated)", True),
+        ("psd_ratio_2_50km", "PSD ratio 2-50 km (1 = truth)", True), ("psd_ratio_2_20km", "PSD ratio 2-20 km", True))
 
 
-def _fmt(v) -> str:
+def _fmt(v, ratio: bool = True) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
     a = abs(v)
+    if not ratio:
+        return f"{v:.3f}" if a < 1e5 else f"{v:.3g}"
     return f"{v:.3g}" if a >= 100 or (0 < a < 0.01) else f"{v:.3f}"
 
 
@@ -37,12 +42,13 @@ def format_table(result: dict) -> str:
              f"{_fmt(result['truth_mean_mm_h'])} mm/h",
              "", f"{'score':<{label_w}}" + "".join(f"{COLUMNS[c]:>{width}}" for c in cols),
              "-" * (label_w + width * len(cols))]
-    for key, label in ROWS:
-        lines.append(f"{label:<{label_w}}" + "".join(f"{_fmt(scores[c].get(key)):>{width}}" for c in cols))
+    for key, label, ratio in ROWS:
+        lines.append(f"{label:<{label_w}}" + "".join(f"{_fmt(scores[c].get(key), ratio):>{width}}" for c in cols))
     for thr in result["thresholds_mm_h"]:
         for km in result["scales_km"]:
             cells = [scores[c].get("fss", {}).get(f"{thr:g}mm_h", {}).get(f"{km:g}km") for c in cols]
-            lines.append(f"{f'FSS >= {thr:g} mm/h, {km:g} km':<{label_w}}" + "".join(f"{_fmt(v):>{width}}" for v in cells))
+            lines.append(f"{f'FSS >= {thr:g} mm/h, {km:g} km':<{label_w}}"
+                         + "".join(f"{_fmt(v, ratio=False):>{width}}" for v in cells))
     rh = result["rank_histogram"]
     lines += ["", f"rank histogram ({len(rh['counts'])} bins): {' '.join(str(c) for c in rh['counts'])}",
               f"  flatness: reliability index {_fmt(rh['reliability_index'])} (0 = flat), "

@@ -121,3 +121,16 @@ def test_psd_band_ratio_median_option_keeps_the_default():
     assert psd_band_ratio(wl, p, ref, (2.0, 20.0), reduce="median") == pytest.approx(1.5)
     with pytest.raises(ValueError, match="reduce"):
         psd_band_ratio(wl, p, ref, reduce="mean")
+
+
+def test_neighbourhood_mean_with_a_shared_count_equals_the_plain_one():
+    from precipfast.metrics import box_sum
+    g = np.random.default_rng(6)
+    f, valid = g.random((30, 17)), g.random((30, 17)) > 0.2
+    count = box_sum(valid, 7)
+    assert count[15, 8] == valid[12:19, 5:12].sum() and count[0, 0] == valid[:4, :4].sum()  # edges cut
+    assert np.allclose(neighbourhood_mean(f, 7, valid, count), neighbourhood_mean(f, 7, valid), equal_nan=True)
+    f[~valid] = np.nan
+    with pytest.raises(ValueError, match="precomputed count"):
+        neighbourhood_mean(f, 7, np.ones_like(valid), count)
+    assert neighbourhood_mean(np.ones((5, 5)), 25)[0, 0] == 1.0  # a window larger than the field
