@@ -56,8 +56,10 @@ def verify(ensemble_path, truth_path, *, input_path=None, variable: str | None =
 
     input_path/variable: the coarse input and its dataset (default: the file and variable recorded in the
     ensemble); truth_variable: the truth's dataset (default: detected like inputs); times: indices into
-    the ensemble's time axis (default all); pixel_km: the fine pixel in km (default from the grid spacing
-    and latitude). Returns a dict that JSON-serialises except "maps" (numpy arrays for the plots)."""
+    the ensemble's time axis (default all); time_tolerance_s: how far apart matching timestamps may be;
+    pixel_km: the fine pixel in km for the spectra's wavelengths and the FSS windows (default: the
+    geometric mean of the north-south and east-west spacing at the domain's mean latitude, 0.97 km for
+    0.01 deg at 40N). Returns a dict that JSON-serialises except "maps" (numpy arrays for the plots)."""
     say = progress or (lambda msg: None)
     notes: list[str] = []
     with h5py.File(check_ensemble_file(ensemble_path), "r") as f:
@@ -96,7 +98,7 @@ def verify(ensemble_path, truth_path, *, input_path=None, variable: str | None =
             common = ok if common is None else common & ok
             if maps is None:
                 maps = _maps(truth.precip[k], ens.read(t, 0), acc.last_mean, base, ok)
-        if not common.any() and not acc.n:
+        if acc.n == 0:
             raise InputFormatError(f"no pixel where the truth '{truth_path}', every member of '{ensemble_path}' "
                                    f"and the baselines are all valid; expected overlapping valid data")
         psd = _spectra(ens, truth, pairs, baselines, common, px_km, notes)
@@ -124,15 +126,15 @@ def verify(ensemble_path, truth_path, *, input_path=None, variable: str | None =
 
 
 def run(ensemble_path, truth_path, *, json_path=None, plots_dir=None, input_path=None, variable=None,
-        truth_variable=None, times=None, progress=None) -> dict:
+        truth_variable=None, times=None, time_tolerance_s: int = 0, progress=None) -> dict:
     """`precipfast evaluate ENSEMBLE --truth TRUTH [--input IN] [--variable V] [--truth-variable V]
     [--json PATH] [--plots DIR]`: verify, then write the JSON (strict: NaN -> null, without the maps) and
     `verification.png` in plots_dir. Returns the result of verify() with "json"/"plot" paths added."""
-    for p in (json_path,):
-        if p is not None and not Path(p).parent.is_dir():
-            raise OutputError(f"--json '{p}': directory '{Path(p).parent}' does not exist")
+    if json_path is not None and not Path(json_path).parent.is_dir():
+        raise OutputError(f"--json '{json_path}': directory '{Path(json_path).parent}' does not exist")
     result = verify(ensemble_path, truth_path, input_path=input_path, variable=variable,
-                    truth_variable=truth_variable, times=times, progress=progress)
+                    truth_variable=truth_variable, times=times, time_tolerance_s=time_tolerance_s,
+                    progress=progress)
     if plots_dir is not None:
         out = Path(plots_dir)
         try:

@@ -111,7 +111,7 @@ def read_truth(path, variable, ens: EnsembleFile):
     try:
         truth = read_input(path, bbox=box, variable=variable)
     except InputFormatError as e:
-        if "bbox" not in str(e):
+        if "contains no pixel centre" not in str(e):
             raise
         raise InputFormatError(f"the truth grid does not cover the ensemble grid: {ens.describe()}; "
                                f"truth: {e}") from None
@@ -179,6 +179,10 @@ def read_coarse_input(ens: EnsembleFile, input_path, variable, notes):
         variable = variable or (recorded_var if recorded_var not in ("", "none") else None)
     else:
         path = Path(input_path)
+        sha = str(ens.attrs.get("input_sha256", "") or "")
+        if path.is_file() and sha not in ("", "none") and file_sha256(path) != sha:
+            notes.append(f"input '{path}' is not the file the ensemble was sampled from (its sha256 differs from "
+                         f"the recorded one): the baselines upsample this file")
     if ens.lat_lr is not None and ens.lon_lr is not None and len(ens.lat_lr) > 1 and len(ens.lon_lr) > 1:
         lat_c, lon_c = np.sort(ens.lat_lr)[::-1], np.sort(ens.lon_lr)
         pad = 0.25 * abs(float(lat_c[1] - lat_c[0]))
@@ -191,7 +195,7 @@ def read_coarse_input(ens: EnsembleFile, input_path, variable, notes):
     try:
         field = read_input(path, bbox=box, variable=variable)
     except InputFormatError as e:
-        if "bbox" not in str(e):
+        if "contains no pixel centre" not in str(e):
             raise
         raise InputFormatError(f"the coarse input does not cover the ensemble grid: {ens.describe()}; "
                                f"input: {e}") from None

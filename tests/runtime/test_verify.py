@@ -287,3 +287,42 @@ def test_real_radar_frame_with_a_perturbed_ensemble(tmp_path, shared_data):
     assert bil["bias_ratio"] > 1.5 and pool["bias_ratio"] == pytest.approx(1.0, abs=0.02)
     assert all(s["fss"]["1mm_h"][k] > bil["fss"]["1mm_h"][k] for k in ("1km", "5km"))
     assert "CRPS fair" in format_table(r) and math.isfinite(s["spread_skill"])
+
+
+def test_south_up_ensemble_without_coarse_grid_or_times_is_read_north_up(tmp_path):
+    """An ensemble written by hand: lat ascending, no lat_lr/lon_lr, no timestamps. It is flipped north-up,
+    matched to a 2-step truth by position, and the truth is pooled in 0.1 deg blocks from the corner."""
+    g = np.random.default_rng(12)
+    truth = _rain(g, (2, 60, 80))
+    _, _, lat, lon = _grid()
+    tr = write_precipfast_input(tmp_path / "truth.h5", truth, lat, lon)
+    members = np.stack([truth, truth + 1.0], axis=1)[:, :, ::-1]  # rows south first, like lat[::-1]
+    attrs = {"model_name": "t", "model_sha256": "0", "steps": 8, "seed": 0, "backend": "torch",
+             "input_sha256": "none", "input_file": "none"}
+    ens = write_output(tmp_path / "e.h5", {"precip": members}, lat=lat[::-1], lon=lon, attrs=attrs)
+    r = verify(ens, tr)
+    s = r["scores"]["ensemble"]
+    assert r["times"] == [0, 1] and r["times_iso"] is None and r["scale_factor"] == F
+    assert s["bias"] == pytest.approx(0.5, rel=1e-6) and s["corr"] == pytest.approx(1.0)
+    # members truth and truth + 1: fair CRPS = mean |x - y| - |x1 - x2| / (E (E - 1)) * 1 = 0.5 - 0.5 = 0
+    assert s["crps"] == pytest.approx(0.0, abs=1e-6)
+    assert list(r["scores"]) == ["ensemble", "bilinear_truth_meanpool"]
+    assert any("no coarse input" in n for n in r["notes"]) and any("by position" in n for n in r["notes"])
+    pooled = upsample(torch.from_numpy(coarsen(truth, F, "mean"))[:, None].double(), F, "bilinear")[:, 0].numpy()
+    assert r["scores"]["bilinear_truth_meanpool"]["mae"] == pytest.approx(float(np.abs(pooled - truth).mean()),
+                                                                         rel=1e-5)
+
+
+def test_an_explicit_input_that_is_not_the_recorded_one_is_noted(tmp_path):
+    g = np.random.default_rng(13)
+    truth = _rain(g, (1, 60, 80))
+    ens, tr, inp = _case(tmp_path, truth, np.repeat(truth[:, None], 2, axis=1))
+    lat_lr, lon_lr, _, _ = _grid()
+    other = write_precipfast_input(tmp_path / "clean.h5", coarsen(truth, F, "mean"), lat_lr, lon_lr, times=[T0])
+    r = verify(ens, tr, input_path=other)
+    assert r["input"] == str(other) and any("not the file the ensemble was sampled from" in n for n in r["notes"])
+    assert r["scores"]["bilinear"]["bias"] == pytest.approx(0.0, abs=1e-5)  # mean pooling keeps the mean
+    wrong = write_precipfast_input(tmp_path / "shifted.h5", coarsen(truth, F, "mean"), lat_lr + 0.3, lon_lr,
+                                   times=[T0])
+    with pytest.raises(InputFormatError, match="grids differ.*coarse grid"):
+        verify(ens, tr, input_path=wrong)
