@@ -252,6 +252,8 @@ def test_run_writes_strict_json_and_a_png_and_the_table_shows_the_numbers(tmp_pa
     assert "FSS >= 10 mm/h, 25 km" in table and "rank histogram (6 bins)" in table
     assert format_table(saved).splitlines()[4:] == table.splitlines()[4:]  # tables from the JSON too
     assert to_json({"a": float("nan"), "maps": 1}) == {"a": None}
+    # a result read back from the JSON plots too, without the map row
+    assert plot_verification(saved, tmp_path / "from_json.png").stat().st_size > 30_000
 
 
 @pytest.mark.data
