@@ -32,7 +32,7 @@ import torch
 from precipfast.errors import InputFormatError, OutputError
 from precipfast.metrics import (box_sum, crps_ensemble, fss_sums, neighbourhood_mean, psd_band_ratio, psd_radial,
                                 rank_histogram, rank_histogram_flatness)
-from precipfast.runtime.verify_data import (EnsembleFile, check_ensemble_file, coarse_grid, fmt_times, match_times,
+from precipfast.runtime.verify_data import (EnsembleFile, check_ensemble_file, coarse_grid, iso, match_times,
                                             mean_pool, read_coarse_input, read_truth, regrid, select_times)
 from precipfast.runtime.verify_report import format_table, plot_verification
 
@@ -113,7 +113,7 @@ def verify(ensemble_path, truth_path, *, input_path=None, variable: str | None =
         "ensemble": str(ensemble_path), "truth": str(truth_path), "truth_variable": truth.variable,
         "input": None if coarse is None else coarse.path, "input_variable": None if coarse is None else coarse.variable,
         "members": ens.n_members, "times": [ens.label(t) for t, _ in pairs],
-        "times_iso": None if ens.times is None else fmt_times([ens.label(t) for t, _ in pairs], limit=None).split(", "),
+        "times_iso": None if ens.times is None else [iso(ens.label(t)) for t, _ in pairs],
         "grid": {"shape": [int(ens.lat.size), int(ens.lon.size)], "pixel_deg": float(f"{ens.pixel_deg:.6g}"),
                  "pixel_km": round(px_km, 4), "lat": [float(ens.lat[0]), float(ens.lat[-1])],
                  "lon": [float(ens.lon[0]), float(ens.lon[-1])]},

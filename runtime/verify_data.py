@@ -123,13 +123,17 @@ def read_truth(path, variable, ens: EnsembleFile):
     return truth
 
 
-def fmt_times(t, limit: int | None = 6) -> str:
+def iso(t) -> str:
+    """Unix seconds as YYYY-MM-DDTHH:MM:SSZ."""
+    return dt.datetime.fromtimestamp(int(t), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def fmt_times(t, limit: int = 6) -> str:
     """Unix seconds as 'YYYY-MM-DDTHH:MM:SSZ, ...' (the first `limit`, then a count)."""
     if t is None:
         return "no timestamps"
-    shown = list(t) if limit is None else list(t)[:limit]
-    text = [dt.datetime.fromtimestamp(int(v), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") for v in shown]
-    return ", ".join(text) + (f" and {len(t) - len(shown)} more" if len(t) > len(shown) else "")
+    shown = list(t)[:limit]
+    return ", ".join(iso(v) for v in shown) + (f" and {len(t) - len(shown)} more" if len(t) > len(shown) else "")
 
 
 def match_times(ens_times, n_ens, other_times, n_other, sel, what, tol, notes, allow_missing=False):
