@@ -15,6 +15,6 @@ def __getattr__(name):
         from precipfast.runtime.pipeline import Pipeline
         return Pipeline
     if name == "load_denoisers":
-        from precipfast.export.bundle import load_denoisers
+        from precipfast.runtime.bundle import load_denoisers
         return load_denoisers
     raise AttributeError(f"module 'precipfast' has no attribute {name!r}")

@@ -8,8 +8,8 @@ import torch
 from precipfast.config import DataConfig, TrainConfig, to_dict
 from precipfast.errors import EngineMismatchError, InputFormatError, OutputError
 from precipfast.export import parity
-from precipfast.export.bundle import (FORMAT_VERSION, default_bundle_path, export_checkpoints, load_denoisers,
-                                      open_bundle, write_bundle)
+from precipfast.export.bundle import export_checkpoints, write_bundle
+from precipfast.runtime.bundle import FORMAT_VERSION, default_bundle_path, load_denoisers, open_bundle
 from precipfast.train.checkpoint import save_checkpoint
 
 COMMON = dict(name="tiny", model_version="0.0.1", scale_factor=10, pooling="max",

@@ -8,7 +8,8 @@ import pytest
 from precipfast._version import __version__
 from precipfast.errors import InputFormatError, OutputError
 from precipfast.runtime import output
-from precipfast.runtime.output import (OutputWriter, check_output_path, ensemble_stats, read_output,
+from precipfast.runtime.info import read_output
+from precipfast.runtime.output import (OutputWriter, check_output_path, ensemble_stats,
                                        write_output)
 
 xr = pytest.importorskip("xarray")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from precipfast.config import UNetConfig
-from precipfast.train.unet import UNet, count_flops
+from precipfast.unet import UNet, count_flops
 
 CFG = UNetConfig(model_channels=8, channel_mult=(1, 2, 2), attn_levels=(2,), channels_per_head=8, cond_channels=2)
 
