@@ -31,7 +31,7 @@ def run_sample(input_path, output_path, opts: SampleOptions = SampleOptions()) -
     n_t = lr.shape[0]
     attrs = {"model_name": pipe.bundle.manifest["name"], "model_sha256": pipe.bundle.sha256,
              "model_version": pipe.bundle.manifest.get("model_version", ""), "members": opts.members,
-             "steps": opts.steps if opts.steps else "bundle default", "seed": opts.seed,
+             "steps": _steps_used(pipe, opts), "seed": opts.seed,
              "backend": pipe.backend_name, "device": str(pipe.device), "stages": ",".join(pipe.stages),
              "input_sha256": field.sha256, "input_file": str(input_path), "input_format": field.source_format,
              "input_variable": field.variable, "precipfast_version": __version__,
@@ -55,6 +55,12 @@ def run_sample(input_path, output_path, opts: SampleOptions = SampleOptions()) -
             "lr_shape": list(lr.shape[1:]), "hr_shape": [len(lat), len(lon)],
             "backend": pipe.backend_name, "device": str(pipe.device),
             "seconds": round(time.perf_counter() - t_start, 2), "peak_rss_gib": round(peak_rss_gib(), 3)}
+
+
+def _steps_used(pipe: Pipeline, opts: SampleOptions):
+    """Heun steps per stage: --steps, else each stage's bundle default; one int when the stages agree."""
+    used = {name: opts.steps or run.sampler.num_steps for name, run in pipe.stages.items()}
+    return next(iter(used.values())) if len(set(used.values())) == 1 else ",".join(f"{k}:{v}" for k, v in used.items())
 
 
 def peak_rss_gib() -> float:
