@@ -159,10 +159,12 @@ def test_export_checkpoints(stages, tmp_path):
         export_checkpoints(dirs, tmp_path / "bundle2", onnx=False, parity=False)
 
 
-def test_default_bundle_path():
+def test_default_bundle_path(tmp_path, monkeypatch):
+    from precipfast.runtime import bundle as rb
     p = default_bundle_path(must_exist=False)
     assert p.parts[-3:] == ("precipfast", "bundles", "default")
-    if (p / "manifest.json").is_file():
-        pytest.skip("a default bundle is installed")
-    with pytest.raises(EngineMismatchError, match="no default model bundle"):
+    # An installation without a shipped bundle (a package directory with none): one line saying what to do.
+    monkeypatch.setattr(rb, "_package_dir", lambda: tmp_path)
+    assert default_bundle_path(must_exist=False) == tmp_path / "bundles" / "default"
+    with pytest.raises(EngineMismatchError, match="no default model bundle at .*pass --model BUNDLE"):
         default_bundle_path()
