@@ -14,7 +14,8 @@ import click
 from precipfast._version import __version__
 from precipfast.config import DataConfig, TrainConfig, UNetConfig
 from precipfast.errors import PrecipfastError
-from precipfast.options import BenchOptions, DemoOptions, SampleOptions, ValidateOptions, flag_of, parse_list
+from precipfast.options import (BenchOptions, DemoOptions, SampleOptions, ValidateOptions, flag_of, fmt_number,
+                                parse_list)
 
 
 def _friendly(fn):
@@ -44,8 +45,10 @@ def options_of(cls, skip: tuple[str, ...] = ()):
             if m["kind"] is bool:
                 fn = click.option(*decls, is_flag=True, default=f.default, help=m["help"])(fn)
             else:
+                bounds = f" Range {fmt_number(m['lo'])}..{fmt_number(m['hi'])}{' ' + m['unit'] if m['unit'] else ''}." \
+                    if m["lo"] is not None else ""
                 fn = click.option(*decls, type=m["kind"], nargs=m["nargs"], default=f.default,
-                                  show_default=f.default is not None, help=m["help"])(fn)
+                                  show_default=f.default is not None, help=m["help"] + bounds)(fn)
         return fn
     return deco
 

@@ -50,7 +50,12 @@ def check_ranges(obj) -> None:
                 raise ValueError(f"{flag_of(f)} must be {'an integer' if kind is int else 'a number'}, got {v!r}")
             if not (lo <= v <= hi):
                 unit = f" {f.metadata['unit']}" if f.metadata["unit"] else ""
-                raise ValueError(f"{flag_of(f)} must be in [{lo:g}, {hi:g}]{unit}, got {v!r}")
+                raise ValueError(f"{flag_of(f)} must be in [{fmt_number(lo)}, {fmt_number(hi)}]{unit}, got {v!r}")
+
+
+def fmt_number(v) -> str:
+    """Integers in full (4294967295), other numbers short (0.0001, 100000)."""
+    return str(v) if isinstance(v, int) else f"{v:g}"
 
 
 def parse_list(text, kind, what: str) -> tuple:
