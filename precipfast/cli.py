@@ -33,15 +33,13 @@ def _friendly(fn):
     return wrapper
 
 
-def options_of(cls, skip: tuple[str, ...] = ()):
+def options_of(cls):
     """Click options generated from a job's options dataclass (precipfast/options.py): one flag per field,
     same name, default and help; the command gets them as keyword arguments of the field names."""
     def deco(fn):
         for f in reversed(dataclasses.fields(cls)):
-            if f.name in skip:
-                continue
             m = f.metadata
-            decls = [flag_of(f), *([m["short"]] if m["short"] else []), f.name]
+            decls = [flag_of(f), f.name]
             if m["kind"] is bool:
                 fn = click.option(*decls, is_flag=True, default=f.default, help=m["help"])(fn)
             else:

@@ -21,20 +21,18 @@ from precipfast.config import DEFAULT_OVERLAP, DEFAULT_TILE, STAGES
 SEED_MAX = 2 ** 32 - 1   # time slice t samples with seed + t * 2^32 (runtime/noise.py): seeds fill the low word
 
 
-def setting(default: Any, help: str, *, lo=None, hi=None, unit: str = "", kind=None, nargs: int = 1,
-            flag: str | None = None, short: str | None = None) -> Any:
+def setting(default: Any, help: str, *, lo=None, hi=None, unit: str = "", kind=None, nargs: int = 1) -> Any:
     """A dataclass field with what the CLI and the range check need. kind: int, float, str or bool (a flag);
     lo/hi: inclusive bounds for numbers (each element when nargs > 1)."""
     if kind is None:
         kind = type(default) if default is not None else str
-    meta = {"help": help, "lo": lo, "hi": hi, "unit": unit, "kind": kind, "nargs": nargs, "flag": flag,
-            "short": short}
+    meta = {"help": help, "lo": lo, "hi": hi, "unit": unit, "kind": kind, "nargs": nargs}
     return field(default=default, metadata=meta)
 
 
 def flag_of(f: dataclasses.Field) -> str:
-    """The command-line flag of a field: `--max-batch` for max_batch, unless the field names its own."""
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+    """The command-line flag of a field: `--max-batch` for max_batch (one name per setting)."""
+    return "--" + f.name.replace("_", "-")
 
 
 def check_ranges(obj) -> None:
@@ -51,6 +49,8 @@ def check_ranges(obj) -> None:
             if not (lo <= v <= hi):
                 unit = f" {f.metadata['unit']}" if f.metadata["unit"] else ""
                 raise ValueError(f"{flag_of(f)} must be in [{fmt_number(lo)}, {fmt_number(hi)}]{unit}, got {v!r}")
+        if f.metadata["kind"] is int:  # 3.0 from Python becomes 3, so range() and shapes accept it
+            object.__setattr__(obj, f.name, tuple(map(int, value)) if isinstance(value, tuple) else int(value))
 
 
 def fmt_number(v) -> str:
@@ -60,10 +60,9 @@ def fmt_number(v) -> str:
 
 def parse_list(text, kind, what: str) -> tuple:
     """'a,b,c' (or a sequence) -> tuple of `kind`; ValueError naming `what` otherwise."""
-    if isinstance(text, str):
-        text = [v for v in text.split(",") if v.strip()]
+    items = [v for v in text.split(",") if v.strip()] if isinstance(text, str) else text
     try:
-        return tuple(kind(v.strip() if isinstance(v, str) else v) for v in text)
+        return tuple(kind(v.strip() if isinstance(v, str) else v) for v in items)
     except (TypeError, ValueError):
         raise ValueError(f"{what} must be a comma list of {kind.__name__} values, got {text!r}") from None
 
@@ -231,6 +230,7 @@ class DemoOptions:
 
     def __post_init__(self):
         check_ranges(self)
+        self.sample_options()  # checks backend and device too
 
     def sample_options(self) -> SampleOptions:
         return SampleOptions(members=self.members, steps=self.steps, seed=self.seed, backend=self.backend,

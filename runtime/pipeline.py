@@ -96,8 +96,7 @@ class Pipeline:
         wanted = opts.stages or tuple(s for s in STAGES if s in bundle.stage_names)
         budget = memory.budget_bytes(opts.memory_gb, dev)
         runs = {}
-        for s in wanted:
-            bundle.stage(s)  # refuses a stage the bundle does not have
+        for s in wanted:  # a stage the bundle lacks is refused by bundle.stage (via unet or get_backend)
             mb = opts.max_batch or memory.auto_max_batch(bundle.unet(s), opts.tile, budget, device_type=dev.type)
             backend = get_backend(name, bundle, s, dev, options=BackendOptions(max_batch=mb, max_hw=opts.tile))
             runs[s] = StageRun(s, backend, bundle.sampler(s), Tiling(opts.tile, opts.overlap, mb),

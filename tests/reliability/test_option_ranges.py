@@ -61,6 +61,7 @@ OTHER_BEYOND = [
     ("demo", "--members", "0", "--members must be in [1, 10000]"),
     ("demo", "--steps", "1", "--steps must be in [2, 1000]"),
     ("demo", "--seed", str(2 ** 64), "--seed must be in [0, 4294967295]"),
+    ("demo", "--device", "cuda:x", "--device must be auto, cpu, cuda or cuda:N"),
     ("bench", "--members", "0", "--members must be in [1, 10000]"),
     ("bench", "--steps", "1", "--steps must be in [2, 1000]"),
     ("bench", "--max-batch", "0", "--max-batch must be in [1, 65536]"),
