@@ -271,9 +271,9 @@ def _check_units(ds, fail) -> None:
 
 
 def _check_rates(precip, fail, box) -> None:
-    problem = rate_problem(precip)
+    problem = rate_problem(precip, f" inside bbox {box}" if box else "")
     if problem:
-        fail(problem + (f" (inside bbox {box})" if box and "all missing" in problem else ""))
+        fail(problem)
 
 
 _SINCE = re.compile(r"\s*(second|minute|hour|day)s?\s+since\s+(\d{4})-(\d{1,2})-(\d{1,2})"

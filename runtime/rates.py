@@ -7,11 +7,12 @@ import numpy as np
 MAX_RATE_MM_H = 1000.0
 
 
-def rate_problem(precip: np.ndarray) -> str | None:
-    """None for a usable field (NaN = missing), else what is wrong and what was expected."""
+def rate_problem(precip: np.ndarray, where: str = "") -> str | None:
+    """None for a usable field (NaN = missing), else what is wrong and what was expected; `where` says
+    which part was looked at (e.g. " inside bbox (...)")."""
     valid = precip[~np.isnan(precip)]
     if valid.size == 0:
-        return f"is all missing (NaN or fill), {precip.shape}; expected at least one valid pixel"
+        return f"is all missing (NaN or fill){where}, {precip.shape}; expected at least one valid pixel"
     lo, hi = float(valid.min()), float(valid.max())
     if lo < 0:
         return (f"has {np.count_nonzero(valid < 0)} negative values (min {lo:g} mm/h) that are not fill values; "
