@@ -66,15 +66,29 @@ class UNetConfig:
 
 @dataclass(frozen=True)
 class EDMConfig:
-    """EDM preconditioning and training noise distribution (Karras et al. 2022, Table 1)."""
+    """EDM preconditioning and training noise distribution (Karras et al. 2022, Table 1).
+
+    Training and sampling agree: ln(sigma) ~ N(p_mean, p_std^2) puts ~2 % of training draws above the
+    sampler's sigma_max (8), so the first sampling steps run at noise levels the net was trained on (EDM's
+    image defaults, P_mean -1.2 with sigma_max 80, start 4.6 std above the training centre).
+    kind "regression" makes the stage deterministic, CorrDiff's regression mean (Mardani et al. 2025):
+    D(x, sigma, cond) = F(0, 0, cond) whatever x and sigma, trained with a plain MSE; the EDM sampler then
+    returns F exactly, so a regression stage needs no runtime of its own (2 steps suffice)."""
     sigma_data: float = 0.5                 # std of the (residual) data in transformed units
-    p_mean: float = -1.2                    # mean of ln(sigma) during training
-    p_std: float = 1.2                      # std of ln(sigma) during training
+    p_mean: float = -0.8                    # mean of ln(sigma) during training
+    p_std: float = 1.4                      # std of ln(sigma) during training
+    kind: str = "edm"                       # "edm" (diffusion) or "regression" (deterministic mean)
+    # The denoised residual is clamped to [-cond[:, 0], denoised_max] at inference (working space): the
+    # rate is never negative and never beyond the largest residual seen in training plus a margin
+    # (set per stage from its training targets; inf = no upper bound).
+    denoised_max: float = math.inf
 
     def __post_init__(self):
         _check(0 < self.sigma_data < math.inf, f"--sigma-data (edm.sigma_data) must be a finite number > 0, "
                                                f"got {self.sigma_data}")
         _check(self.p_std > 0, f"edm.p_std must be > 0, got {self.p_std}")
+        _check(self.kind in ("edm", "regression"), f"edm.kind must be 'edm' or 'regression', got {self.kind!r}")
+        _check(self.denoised_max > 0, f"edm.denoised_max must be > 0, got {self.denoised_max}")
 
 
 @dataclass(frozen=True)
@@ -82,7 +96,7 @@ class SamplerConfig:
     """EDM sampler settings (Karras et al. 2022, Algorithm 2 and Eq. 5)."""
     num_steps: int = 18                     # number of noise levels before the final 0
     sigma_min: float = 0.002                # smallest nonzero noise level
-    sigma_max: float = 80.0                 # largest noise level (start of sampling)
+    sigma_max: float = 8.0                  # largest noise level (start of sampling; see EDMConfig)
     rho: float = 7.0                        # schedule curvature
     s_churn: float = 0.0                    # stochasticity strength (0 = deterministic ODE)
     s_min: float = 0.0                      # churn only for sigma in [s_min, s_max]
@@ -117,14 +131,14 @@ class DegradationConfig:
 
     r_sat = blur(shift(b * r^gamma_exp)) * lognormal noise, then rain below detect_mm_h removed
     with probability p_miss. Defaults are fitted to the IMERG fields in imerg_samples.h5 against
-    max-pooled radar (train/fit_degradation.py, train/DEGRADATION.md; mean pooling has its own fit)."""
-    bias_a: float = 0.54                    # multiplicative bias factor b at 1 mm/h (max-pooled radar)
-    gamma_exp: float = 0.95                 # intensity exponent: <1 underestimates heavy rain
+    mean-pooled radar (train/fit_degradation.py, train/DEGRADATION.md, "mean pooling" column)."""
+    bias_a: float = 1.13                    # multiplicative bias factor b at 1 mm/h
+    gamma_exp: float = 1.09                 # intensity exponent (<1 would underestimate heavy rain)
     detect_mm_h: float = 0.5                # rates below this are the "light rain" satellites miss (not fitted)
-    p_miss: float = 0.4                     # probability a light-rain coarse pixel is zeroed
+    p_miss: float = 0.3                     # probability a light-rain coarse pixel is zeroed
     shift_px: float = 2.0                   # std of the random displacement, coarse pixels
-    blur_px: float = 0.96                   # Gaussian blur std, coarse pixels
-    noise_std: float = 0.29                 # std of the multiplicative log-normal noise (log space)
+    blur_px: float = 0.55                   # Gaussian blur std, coarse pixels
+    noise_std: float = 0.20                 # std of the multiplicative log-normal noise (log space)
     enabled: bool = True                    # False = clean coarsened radar (downscaling-only work)
 
     def __post_init__(self):
@@ -139,12 +153,14 @@ class DegradationConfig:
 class DataConfig:
     """Training data: real radar, coarsened, cropped and augmented (train/data.py)."""
     scale_factor: int = 10                  # HR pixels per LR pixel (1 km -> 10 km)
-    pooling: str = "max"                    # "max" (PrecipDiff) or "mean"
+    pooling: str = "mean"                   # "mean" (an IMERG pixel is an areal mean) or "max" (PrecipDiff)
     hr_pixel_km: float = 1.0
     patch_hr: int = 80                      # HR patch edge (multiple of scale_factor), downscaling stage
     patch_lr: int = 24                      # LR patch edge, correction stage
-    val_regions: tuple[str, ...] = ("mrms/region_3",)  # whole regions held out for validation
-    val_time_fraction: float = 0.2          # the last frames of every other source are held out too
+    period_min: int = 30                    # the 1 km target is the mean rate over this period (train/sources.py)
+    # Whole days and places: validation never sees a frame next to a training frame (train/sources.py).
+    train_sources: tuple[str, ...] = ("qpe/20160920", "qpe/20160921", "fmi/fmi_20160928", "bom/bom_66_20201031")
+    val_sources: tuple[str, ...] = ("qpe/20160922",)
     min_wet_fraction: float = 0.05          # patches drier than this are resampled (most of the time)
     transform: TransformConfig = field(default_factory=TransformConfig)
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
@@ -157,8 +173,9 @@ class DataConfig:
                f"got {self.patch_hr}")
         _check(isinstance(self.patch_lr, int) and 4 <= self.patch_lr <= 4096,
                f"--patch-lr must be an integer in [4, 4096], got {self.patch_lr}")
-        _check(0 <= self.val_time_fraction < 1, "data.val_time_fraction must be in [0, 1)")
-        object.__setattr__(self, "val_regions", tuple(self.val_regions))
+        _check(self.period_min >= 1, f"data.period_min must be >= 1, got {self.period_min}")
+        object.__setattr__(self, "train_sources", tuple(self.train_sources))
+        object.__setattr__(self, "val_sources", tuple(self.val_sources))
         if isinstance(self.transform, dict):
             object.__setattr__(self, "transform", TransformConfig(**self.transform))
         if isinstance(self.degradation, dict):

@@ -14,7 +14,7 @@ from precipfast.errors import EngineMismatchError
 def build_denoiser(unet_cfg: UNetConfig, edm_cfg: EDMConfig) -> Preconditioned:
     """The EDM-preconditioned U-Net D(x, sigma, cond) for the given configs (random weights)."""
     from precipfast.unet import UNet
-    return Preconditioned(UNet(unet_cfg), edm_cfg.sigma_data)
+    return Preconditioned(UNet(unet_cfg), edm_cfg.sigma_data, edm_cfg.kind, edm_cfg.denoised_max)
 
 
 def load_weights(module: torch.nn.Module, path: Path) -> None:

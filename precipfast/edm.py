@@ -123,16 +123,32 @@ def sample(denoiser: Denoiser, cond: torch.Tensor, noise: NoiseFn, sigmas: torch
 
 
 class Preconditioned(torch.nn.Module):
-    """D(x, sigma, cond) = c_skip x + c_out F(c_in x, c_noise, cond) around a raw network F (Table 1)."""
+    """D(x, sigma, cond) = c_skip x + c_out F(c_in x; c_noise, cond) around a raw network F (Table 1).
 
-    def __init__(self, net: torch.nn.Module, sigma_data: float):
+    kind "regression": D = F(0; 0, cond), a deterministic mean that ignores x and sigma (CorrDiff's
+    regression stage). In eval mode the result is clamped to [-cond[:, :1], denoised_max]: the residual
+    never makes the rate negative nor exceeds the largest residual of the training data (EDMConfig)."""
+
+    def __init__(self, net: torch.nn.Module, sigma_data: float, kind: str = "edm",
+                 denoised_max: float = math.inf):
         super().__init__()
+        if kind not in ("edm", "regression"):
+            raise ValueError(f"kind must be 'edm' or 'regression', got {kind!r}")
         self.net = net
         self.sigma_data = float(sigma_data)
+        self.kind = kind
+        self.denoised_max = float(denoised_max)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         sigma = sigma.to(x.dtype).reshape(-1)
-        c_skip, c_out, c_in, c_noise = preconditioning(sigma, self.sigma_data)
         b = (-1,) + (1,) * (x.ndim - 1)
-        f = self.net(x * c_in.view(b), c_noise, cond)
-        return c_skip.view(b) * x + c_out.view(b) * f.to(x.dtype)
+        if self.kind == "regression":
+            out = self.net(torch.zeros_like(x), torch.zeros_like(sigma), cond).to(x.dtype)
+        else:
+            c_skip, c_out, c_in, c_noise = preconditioning(sigma, self.sigma_data)
+            f = self.net(x * c_in.view(b), c_noise, cond)
+            out = c_skip.view(b) * x + c_out.view(b) * f.to(x.dtype)
+        if self.training:
+            return out
+        out = torch.maximum(out, -cond[:, : out.shape[1]].to(out.dtype))
+        return out.clamp_max(self.denoised_max) if math.isfinite(self.denoised_max) else out

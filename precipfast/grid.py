@@ -22,7 +22,7 @@ def coarsen(hr, factor: int, how: str = "max"):
     if int(factor) != factor or factor < 1:
         raise ValueError(f"factor must be a positive integer, got {factor}")
     is_np = isinstance(hr, np.ndarray)
-    t = torch.from_numpy(np.ascontiguousarray(hr)) if is_np else hr
+    t = torch.from_numpy(np.array(hr) if not hr.flags.writeable else np.ascontiguousarray(hr)) if is_np else hr
     h, w = t.shape[-2:]
     if h % factor or w % factor:
         raise ValueError(f"field of {h}x{w} is not divisible by factor {factor}")

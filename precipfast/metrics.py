@@ -2,7 +2,9 @@
 
 CRPS uses the ensemble form (Gneiting & Raftery 2007, Eq. 21)
     CRPS = mean_k |x_k - y| - 1/(2 E^2) sum_{k,l} |x_k - x_l|,
-computed with the sorted-member identity so it costs O(E log E) per pixel, not O(E^2).
+computed with the sorted-member identity so it costs O(E log E) per pixel, not O(E^2). Also: bias,
+rank histograms (Hamill 2001) with their flatness, NaN-aware neighbourhood means from integral images
+and the fractions skill score (Roberts & Lean 2008), and radially averaged power spectra.
 """
 from __future__ import annotations
 
@@ -93,14 +95,156 @@ def psd_radial(field, pixel_km: float = 1.0, window: bool = True):
     return 1.0 / (bins * dk), sums[bins] / counts[bins]
 
 
-def psd_band_ratio(wavelength_km, power, power_ref, band_km=(2.0, 20.0)) -> float:
-    """Geometric mean of power / power_ref over the wavelengths inside band_km (inclusive): 1 when a
-    field has the reference's variance at those scales, << 1 when it is too smooth (interpolation).
-    The geometric mean weighs a factor 2 too much and a factor 2 too little alike."""
+def psd_band_ratio(wavelength_km, power, power_ref, band_km=(2.0, 20.0), reduce: str = "gmean") -> float:
+    """Geometric mean (reduce="gmean") or median (reduce="median") of power / power_ref over the
+    wavelengths inside band_km (inclusive): 1 when a field has the reference's variance at those scales,
+    << 1 when it is too smooth (interpolation). Both weigh a factor 2 too much and a factor 2 too little
+    alike; the median also ignores a few wavelengths that stand out (a spike from a gridding artefact)."""
+    if reduce not in ("gmean", "median"):
+        raise ValueError(f"reduce must be 'gmean' or 'median', got {reduce!r}")
     wl = np.asarray(wavelength_km, dtype=np.float64)
     lo, hi = band_km
     sel = (wl >= lo - 1e-9) & (wl <= hi + 1e-9)
     if not sel.any():
         raise ValueError(f"no wavelength in band {band_km} km; the spectrum spans {wl.min():g}-{wl.max():g} km")
     r = np.asarray(power, dtype=np.float64)[sel] / np.asarray(power_ref, dtype=np.float64)[sel]
+    if reduce == "median":
+        return float(np.median(r))
     return float(np.exp(np.mean(np.log(np.maximum(r, 1e-300)))))
+
+
+# ---------------------------------------------------------------------------- bias, rank histogram, FSS
+def _as_np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+
+
+def bias(pred, truth) -> tuple[float, float]:
+    """(mean difference pred - truth, ratio of means pred / truth) over pixels where both are finite.
+    The ratio is the multiplicative bias of a rain field (1 = unbiased); NaN when the truth's mean is 0."""
+    p, y = _as_np(pred).astype(np.float64), _as_np(truth).astype(np.float64)
+    ok = np.isfinite(p) & np.isfinite(y)
+    if not ok.any():
+        return float("nan"), float("nan")
+    sp, sy = p[ok].sum(), y[ok].sum()
+    return float((sp - sy) / ok.sum()), float(sp / sy) if sy != 0 else float("nan")
+
+
+def rank_histogram(members, truth, rng=None) -> np.ndarray:
+    """Counts of the truth's rank among E members (Talagrand diagram; Hamill 2001), (E + 1,) int64, over
+    pixels where the truth and every member are finite. members (E, ...), truth (...).
+
+    Ties (rain-free pixels, where members and truth are all 0 mm/h) are split at random, as Hamill (2001,
+    Sec. 3c) recommends: the rank is #(x_k < y) + U{0 .. #(x_k == y)}; otherwise a dry truth would always
+    rank first and a perfect ensemble would look under-dispersive. rng: numpy Generator or seed (default 0,
+    so the histogram is reproducible)."""
+    x, y = _as_np(members), _as_np(truth)
+    if x.shape[1:] != y.shape:
+        raise ValueError(f"members {x.shape} must be (E, *truth.shape) with truth {y.shape}")
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(0 if rng is None else rng)
+    e = x.shape[0]
+    ok = np.isfinite(y) & np.isfinite(x).all(axis=0)
+    below, ties = np.zeros(int(ok.sum()), np.int64), np.zeros(int(ok.sum()), np.int64)
+    yv = y[ok]
+    for k in range(e):  # one member at a time: memory stays one field
+        xk = x[k][ok]
+        below += xk < yv
+        ties += xk == yv
+    rank = below + np.floor(rng.random(yv.size) * (ties + 1)).astype(np.int64)
+    return np.bincount(rank, minlength=e + 1).astype(np.int64)
+
+
+def rank_histogram_flatness(counts) -> dict:
+    """Flatness of a rank histogram (E + 1 bins):
+    delta: Candille & Talagrand (2005) sum_i (s_i - N/(E+1))^2 / (N E/(E+1)); its expectation is 1 for
+      independent samples of a reliable ensemble and it grows with N for an unreliable one (spatially
+      correlated pixels inflate it too, so compare it between forecasts rather than with 1).
+    reliability_index: Delle Monache et al. (2006) sum_i |s_i / N - 1/(E+1)|, 0 for a flat histogram,
+      2 E/(E+1) at most (every rank in one bin); independent of N."""
+    s = np.asarray(counts, dtype=np.float64)
+    n, bins = s.sum(), s.size
+    if n == 0 or bins < 2:
+        return {"delta": float("nan"), "reliability_index": float("nan")}
+    expect = n / bins
+    return {"delta": float(((s - expect) ** 2).sum() / (n * (bins - 1) / bins)),
+            "reliability_index": float(np.abs(s / n - 1.0 / bins).sum())}
+
+
+def _box_sum(a: np.ndarray, r: int, axis: int) -> np.ndarray:
+    """Sum over the window [i - r, i + r] along `axis`, cut at the edges, from one cumulative sum: the
+    1-D integral image (Crow 1984); two passes make the separable 2-D box sum. Slices only, no gathers."""
+    a = np.moveaxis(a, axis, 0)
+    n = a.shape[0]
+    c = np.zeros((n + 1,) + a.shape[1:])
+    np.cumsum(a, axis=0, out=c[1:])
+    q = max(n - r, 0)                   # rows whose window ends inside: i + r + 1 <= n
+    out = np.empty_like(c[1:])
+    out[:q] = c[r + 1:r + 1 + q]
+    out[q:] = c[n]
+    if r < n:                           # rows whose window starts inside: i - r >= 0
+        out[r:] -= c[:n - r]
+    return np.moveaxis(out, 0, axis)
+
+
+def box_sum(a, size: int) -> np.ndarray:
+    """Sum of a (H, W) over the size x size window centred on each pixel, cut at the edges (size odd)."""
+    r = int(size) // 2
+    return _box_sum(_box_sum(np.asarray(a, np.float64), r, 0), r, 1)
+
+
+def neighbourhood_mean(field, size: int, valid=None, count=None) -> np.ndarray:
+    """Mean of `field` (H, W) over the size x size window centred on each pixel, from integral images
+    (summed-area tables, Crow 1984): O(HW) whatever the size. NaN-aware: only pixels that are finite and
+    `valid` count, windows are cut at the edges, and a window with no such pixel gives NaN. size is odd.
+    count: box_sum(valid, size), precomputed by a caller that averages many fields over one mask (each
+    field must then be finite wherever valid)."""
+    if int(size) != size or size < 1 or size % 2 == 0:
+        raise ValueError(f"neighbourhood size must be an odd positive number of pixels, got {size}")
+    f = _as_np(field).astype(np.float64)
+    if f.ndim != 2:
+        raise ValueError(f"neighbourhood_mean needs a 2-D field (H, W), got shape {f.shape}")
+    ok = np.isfinite(f) if valid is None else (np.isfinite(f) & _as_np(valid).astype(bool))
+    if count is None:
+        count = box_sum(ok, size)
+    elif valid is None or not np.array_equal(ok, _as_np(valid).astype(bool)):
+        raise ValueError("a precomputed count needs `valid`, and the field finite wherever valid")
+    total = box_sum(np.where(ok, f, 0.0), size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0.5, total / np.maximum(count, 1.0), np.nan)
+
+
+def fss_terms(forecast_fraction, truth, threshold: float, size: int, valid=None) -> tuple[float, float]:
+    """Sums behind the fractions skill score (Roberts & Lean 2008, Eq. 5-7) of one field:
+    (sum (P_f - P_o)^2, sum P_f^2 + P_o^2) over the valid pixels. Pool them over fields (times) and take
+    FSS = 1 - first / second. forecast_fraction (H, W): the binary forecast (field >= threshold, as float)
+    or, for an ensemble, the fraction of members >= threshold (the neighbourhood ensemble probability of
+    Schwartz et al. 2010); NaN = missing. truth (H, W) mm/h is thresholded here (>= threshold)."""
+    y = _as_np(truth).astype(np.float64)
+    p = _as_np(forecast_fraction).astype(np.float64)
+    ok = np.isfinite(y) & np.isfinite(p)
+    if valid is not None:
+        ok &= _as_np(valid).astype(bool)
+    p_o = neighbourhood_mean((y >= threshold).astype(np.float64), size, ok)
+    return fss_sums(neighbourhood_mean(p, size, ok), p_o, ok)
+
+
+def fss_sums(p_f, p_o, valid) -> tuple[float, float]:
+    """(sum (P_f - P_o)^2, sum P_f^2 + P_o^2) over `valid` of neighbourhood fractions already computed
+    (neighbourhood_mean with the same `valid`): the MSE and reference MSE of Roberts & Lean (2008) times
+    the number of pixels. Lets a caller share the truth's fractions P_o among several forecasts."""
+    ok = np.asarray(valid, bool)
+    d, pf, po = (p_f - p_o)[ok], p_f[ok], p_o[ok]
+    return float((d * d).sum()), float((pf * pf).sum() + (po * po).sum())
+
+
+def fss(forecast, truth, threshold: float, size: int, valid=None) -> float:
+    """Fractions skill score (Roberts & Lean 2008) of a deterministic field (H, W) or an ensemble (E, H, W)
+    (fractions of members, Schwartz et al. 2010) against truth (H, W) mm/h: 1 = perfect at this scale,
+    0 = no skill; NaN when neither field exceeds the threshold anywhere (the score is undefined)."""
+    f = _as_np(forecast).astype(np.float64)
+    if f.ndim == 3:
+        frac = (f >= threshold).mean(axis=0)
+        frac[~np.isfinite(f).all(axis=0)] = np.nan
+    else:
+        frac = np.where(np.isfinite(f), (f >= threshold).astype(np.float64), np.nan)
+    num, den = fss_terms(frac, truth, threshold, size, valid)
+    return 1.0 - num / den if den > 0 else float("nan")

@@ -1,121 +1,47 @@
 """Training pairs from real radar for both stages (MISSION.md: residual targets).
 
-Sources: the seven MRMS regions (1 km, 2-min frames), the FMI composites (1 km) and the BoM Rainfields3
-products (0.5 km, mean-pooled by 2 to 1 km) in shared/data (see its README). Each is loaded once, lazily,
-and cached for the process. Pairs:
-- downscaling: HR crop -> lr = coarsen(HR), cond = up(T(lr)), target eps_res = T(HR) - cond;
+Sources come from the catalogue in train/sources.py as 1 km mean rates over the input's period. Pairs:
+- downscaling: 1 km crop -> lr = coarsen(HR, mean), cond = up(T(lr)), target eps_res = T(HR) - cond;
 - correction: coarse crop of the pooled radar -> sat = T(degrade(coarse)), target eps_bias = T(coarse) - sat.
-T is `precipfast.transform.forward`. Held-out regions and the last frames of every other source form
-the validation split. Every random choice comes from the caller's torch.Generator.
+T is `precipfast.transform.forward`. Training and validation use different sources (whole days or whole
+places: `DataConfig.train_sources` / `val_sources`), never neighbouring frames of one source. Every random
+choice comes from the caller's torch.Generator.
 """
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
 from precipfast.config import DataConfig
-from precipfast.errors import InputFormatError
 from precipfast.grid import coarsen, upsample
 from precipfast.train.degrade import WET_MM_H, degrade
+from precipfast.train.sources import (available_sources, check_names, load_coarse, load_packed, load_source,
+                                      resolve_data_dir, unpack, QPE_SCALE)
 from precipfast.transform import forward
 
-MRMS_FILE = "mrms_preciprate_20190610_0000-0110_regions.h5"
-RADAR_FILE = "radar_1km_fmi_bom.h5"
+__all__ = ["PairDataset", "residual_std", "available_sources", "load_source", "resolve_data_dir"]
+
 STAGES = ("correction", "downscaling")
 SPLITS = ("train", "val")
-WET_PREFERENCE = 0.8    # probability that a draw must reach data_cfg.min_wet_fraction
-MAX_TRIES = 24          # crops tried per sample before a drier one is accepted
-
-
-def resolve_data_dir(data_dir) -> Path:
-    """The data folder, checked: it must exist and hold both radar files."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise InputFormatError(f"training data directory '{data_dir}' does not exist; expected a folder such "
-                               f"as ../shared/data with {MRMS_FILE} and {RADAR_FILE}")
-    for name, what in ((MRMS_FILE, "MRMS groups region_0..region_6 with precip (T, 512, 512)"),
-                       (RADAR_FILE, "FMI/BoM groups fmi_*/bom_* with precip (T, H, W)")):
-        if not (root / name).is_file():
-            raise InputFormatError(f"training data file '{root / name}' is missing; expected {what}")
-    return root
-
-
-def available_sources(data_dir) -> tuple[str, ...]:
-    """Names of every radar source: 'mrms/region_3', 'fmi/fmi_20160928', 'bom/bom_66_20201031', ..."""
-    return _available(str(resolve_data_dir(data_dir).resolve()))
-
-
-@functools.lru_cache(maxsize=8)
-def _available(root: str) -> tuple[str, ...]:
-    names = []
-    with h5py.File(Path(root) / MRMS_FILE, "r") as f:
-        names += [f"mrms/{g}" for g in sorted(f) if g.startswith("region_")]
-    with h5py.File(Path(root) / RADAR_FILE, "r") as f:
-        names += [f"{g.split('_')[0]}/{g}" for g in sorted(f) if g.split("_")[0] in ("fmi", "bom")]
-    return tuple(names)
-
-
-def load_source(data_dir, name: str) -> np.ndarray:
-    """(T, H, W) float32 rain rates (mm/h) at 1 km for one source, NaN outside coverage; read-only,
-    loaded once per process."""
-    root = resolve_data_dir(data_dir).resolve()
-    _check_names(root, [name], "source")
-    return _load(str(root), name)
-
-
-@functools.lru_cache(maxsize=None)
-def _load(root: str, name: str) -> np.ndarray:
-    kind, group = name.split("/")
-    path = Path(root) / (MRMS_FILE if kind == "mrms" else RADAR_FILE)
-    with h5py.File(path, "r") as f:
-        if f"{group}/precip" not in f:
-            raise InputFormatError(f"'{path}' has no dataset {group}/precip; expected (T, H, W) mm/h")
-        p = f[f"{group}/precip"][...].astype(np.float32, copy=False)
-    if p.ndim != 3:
-        raise InputFormatError(f"'{path}' {group}/precip has shape {p.shape}; expected (T, H, W)")
-    if kind == "bom":  # 0.5 km -> 1 km; a block with any NaN is NaN
-        p = coarsen(p[:, : p.shape[1] // 2 * 2, : p.shape[2] // 2 * 2], 2, "mean")
-    np.maximum(p, 0, out=p, where=np.isfinite(p))  # a few -0.3/-0.6 mm/h in BoM bias correction -> 0
-    p.setflags(write=False)
-    return p
-
-
-@functools.lru_cache(maxsize=None)
-def _load_coarse(root: str, name: str, factor: int, pooling: str) -> np.ndarray:
-    lr = coarse_frames(_load(root, name), factor, pooling)
-    lr.setflags(write=False)
-    return lr
-
-
-def split_frames(n_frames: int, held_out: bool, split: str, val_time_fraction: float) -> range:
-    """Frame indices of a source in a split: a held-out source is all validation; otherwise the last
-    round(n_frames * val_time_fraction) frames (at least one when the fraction is > 0) are validation."""
-    n_val = n_frames if held_out else (max(1, round(n_frames * val_time_fraction)) if val_time_fraction > 0 else 0)
-    return range(n_frames - n_val, n_frames) if split == "val" else range(0, n_frames - n_val)
-
-
-def coarse_frames(frames: np.ndarray, factor: int, pooling: str) -> np.ndarray:
-    """Pool (T, H, W) by `factor` (cropping H, W to multiples); a block with any NaN becomes NaN."""
-    h, w = frames.shape[-2] // factor * factor, frames.shape[-1] // factor * factor
-    hr = frames[..., :h, :w]
-    lr = coarsen(hr, factor, pooling)
-    lr[coarsen(np.isnan(hr).astype(np.float32), factor, "max") > 0] = np.nan
-    return lr
+WET_PREFERENCE = 0.8    # probability that a draw comes from the windows reaching data_cfg.min_wet_fraction
+# Share of draws per kind of source (split evenly between the sources of a kind that are present): the
+# CONUS QPE days hold most of the weather variety; FMI and BoM add other radars, climates and rain types.
+KIND_WEIGHTS = {"qpe": 0.6, "mrms": 0.2, "fmi": 0.2, "bom": 0.2}
+LARGE_PX = 4_000_000    # above this many pixels a frame's crop origins are indexed on a stride-4 grid
 
 
 @dataclass
 class _Source:
     name: str
-    field: np.ndarray    # (T, H, W) mm/h: 1 km frames (downscaling) or margin-padded coarse frames (correction)
-    origins: np.ndarray  # flat indices of crop origins whose patch holds no NaN in any frame
-    n_cols: int          # origins per row: origin = divmod(index, n_cols)
+    field: np.ndarray          # (T, H, W): float32 mm/h, uint16 QPE counts, or margin-padded coarse frames
+    packed: bool               # field holds QPE counts (unpack each window)
+    origins: np.ndarray        # (N, 2) crop origins (row, col) whose patch holds no NaN in any frame
+    wet: list                  # per frame: (n, 2) origins whose patch reaches the wet fraction
+    weight: float = 0.0
 
 
 class PairDataset:
@@ -133,70 +59,83 @@ class PairDataset:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.cfg, self.stage, self.split = data_cfg, stage, split
         root = resolve_data_dir(data_dir).resolve()
-        held = set(_check_names(root, data_cfg.val_regions, "val_regions"))
-        names = _check_names(root, available_sources(root) if sources is None else sources, "sources")
+        if sources is None:
+            sources = data_cfg.train_sources if split == "train" else data_cfg.val_sources
+        names = check_names(root, sources, f"{split} sources")
+        if split == "train":
+            leak = sorted(set(names) & set(data_cfg.val_sources))
+            if leak:
+                raise ValueError(f"sources {leak} are both training and validation sources; hold out whole days "
+                                 "or places")
         deg = data_cfg.degradation
         self.margin = (math.ceil(3 * deg.shift_px) + math.ceil(3 * deg.blur_px) + 1
                        if stage == "correction" and deg.enabled else 0)
         self.patch = data_cfg.patch_lr if stage == "correction" else data_cfg.patch_hr
         self.sources, self.skipped = [], []
-        self.frames: dict[str, range] = {}   # frame indices of each used source in this split
         for name in names:
-            full = (_load(str(root), name) if stage == "downscaling" else
-                    _load_coarse(str(root), name, data_cfg.scale_factor, data_cfg.pooling))
-            frames = split_frames(full.shape[0], name in held, split, data_cfg.val_time_fraction)
-            if len(frames) == 0:
-                continue
-            src = self._prepare(name, full[frames.start:frames.stop])
-            if src is None:
-                self.skipped.append(name)
-            else:
-                self.sources.append(src)
-                self.frames[name] = frames
+            src = self._prepare(str(root), name)
+            (self.sources if src is not None else self.skipped).append(src if src is not None else name)
         if self.skipped:
             warnings.warn(f"{stage}/{split}: no NaN-free {self.patch}x{self.patch} crop in {self.skipped}; "
                           "those sources are left out", stacklevel=2)
         if not self.sources:
-            raise ValueError(f"the {stage}/{split} split is empty: sources {names}, val_regions "
-                             f"{sorted(held)}, val_time_fraction {data_cfg.val_time_fraction}")
-        sizes = np.array([s.field.shape[0] * s.origins.size for s in self.sources], dtype=np.float64)
-        self._cum_weight = np.cumsum(sizes / sizes.sum())
+            raise ValueError(f"the {stage}/{split} split is empty: sources {names}")
+        kinds = [s.name.split("/")[0] for s in self.sources]
+        for s, k in zip(self.sources, kinds):
+            s.weight = KIND_WEIGHTS.get(k, 0.2) / kinds.count(k)
+        w = np.array([s.weight for s in self.sources])
+        self._cum_weight = np.cumsum(w / w.sum())
 
     @property
     def source_names(self) -> list[str]:
         return [s.name for s in self.sources]
 
-    def _prepare(self, name: str, frames: np.ndarray) -> _Source | None:
-        p, m = self.patch, self.margin
-        nan = np.isnan(frames).any(axis=0)
-        h, w = nan.shape
+    def _prepare(self, root: str, name: str) -> _Source | None:
+        cfg, p, m = self.cfg, self.patch, self.margin
+        packed = self.stage == "downscaling" and name.startswith("qpe/")
+        if self.stage == "downscaling":
+            field = load_packed(root, name) if packed else load_source(root, name, cfg.period_min)
+        else:
+            field = load_coarse(root, name, cfg.scale_factor, cfg.pooling, cfg.period_min)
+        t, h, w = field.shape
         if h < p or w < p:
             return None
-        ii = np.pad(np.cumsum(np.cumsum(nan, 0, dtype=np.int64), 1), ((1, 0), (1, 0)))
-        bad = ii[p:, p:] - ii[:-p, p:] - ii[p:, :-p] + ii[:-p, :-p]  # NaN count per p x p window
-        origins = np.flatnonzero(bad == 0)
-        if origins.size == 0:
+        stride = 4 if h * w > LARGE_PX else 1
+        nan = np.zeros((h, w), dtype=bool)
+        for frame in field:
+            nan |= (frame == np.uint16(65535)) if packed else np.isnan(frame)
+        ok = _window_counts(nan, p, stride) == 0
+        if not ok.any():
             return None
+        origins = np.argwhere(ok).astype(np.int32) * stride
+        wet_min = math.ceil(cfg.min_wet_fraction * p * p)
+        wet = []
+        for frame in field:
+            wet_px = (frame >= np.uint16(round(WET_MM_H / QPE_SCALE))) if packed else (frame >= WET_MM_H)
+            hits = ok & (_window_counts(wet_px & ~nan, p, stride) >= wet_min)
+            wet.append(np.argwhere(hits).astype(np.int32) * stride)
         if m:  # context for the degradation's shift and blur: edge values repeated beyond the frame
-            frames = np.pad(frames, ((0, 0), (m, m), (m, m)), mode="edge")
-        return _Source(name, frames, origins, w - p + 1)
+            field = np.pad(field, ((0, 0), (m, m), (m, m)), mode="edge")
+        return _Source(name, field, packed, origins, wet)
 
     def _draw(self, generator: torch.Generator) -> np.ndarray:
         """One crop window (P + 2 * margin square), following the wet preference and augmentation."""
-        u = torch.rand(3 * MAX_TRIES + 3, generator=generator, dtype=torch.float64).numpy()
-        want_wet, p, m = u[0] < WET_PREFERENCE, self.patch, self.margin
-        for t in range(MAX_TRIES):
-            a, b, c = u[3 + 3 * t: 6 + 3 * t]
-            src = self.sources[min(int(np.searchsorted(self._cum_weight, a, side="right")), len(self.sources) - 1)]
-            frame = src.field[int(b * src.field.shape[0])]
-            y, x = divmod(int(src.origins[int(c * src.origins.size)]), src.n_cols)
-            win = frame[y: y + p + 2 * m, x: x + p + 2 * m]
-            if not want_wet or (win[m: m + p, m: m + p] >= WET_MM_H).mean() >= self.cfg.min_wet_fraction:
-                break
+        u = torch.rand(6, generator=generator, dtype=torch.float64).numpy()
+        p, m = self.patch, self.margin
+        src = self.sources[min(int(np.searchsorted(self._cum_weight, u[0], side="right")), len(self.sources) - 1)]
+        wet_frames = [i for i, o in enumerate(src.wet) if len(o)]
+        if u[1] < WET_PREFERENCE and wet_frames:
+            t = wet_frames[int(u[2] * len(wet_frames))]
+            y, x = src.wet[t][int(u[3] * len(src.wet[t]))]
+        else:
+            t = int(u[2] * src.field.shape[0])
+            y, x = src.origins[int(u[3] * len(src.origins))]
+        win = src.field[t, y: y + p + 2 * m, x: x + p + 2 * m]
+        win = unpack(win) if src.packed else win
         if self.split == "train":  # 8 dihedral orientations
-            win = np.rot90(win, int(u[1] * 4))
-            win = win[:, ::-1] if u[2] < 0.5 else win
-        return win
+            win = np.rot90(win, int(u[4] * 4))
+            win = win[:, ::-1] if u[5] < 0.5 else win
+        return np.ascontiguousarray(win, dtype=np.float32)
 
     def batch(self, batch_size: int, generator: torch.Generator) -> dict:
         """A batch of `batch_size` pairs; deterministic given the generator state."""
@@ -220,6 +159,16 @@ class PairDataset:
                 "truth_mm_h": truth_mm, "sat_mm_h": sat_mm.contiguous()}
 
 
+def _window_counts(mask: np.ndarray, p: int, stride: int) -> np.ndarray:
+    """Number of True pixels in every p x p window whose origin lies on the stride grid (integral image)."""
+    ii = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int32)
+    np.cumsum(np.cumsum(mask, 0, dtype=np.int32), 1, dtype=np.int32, out=ii[1:, 1:])
+    ys = np.arange(0, mask.shape[0] - p + 1, stride)
+    xs = np.arange(0, mask.shape[1] - p + 1, stride)
+    a, b = ii[np.ix_(ys, xs)], ii[np.ix_(ys + p, xs + p)]
+    return b - ii[np.ix_(ys, xs + p)] - ii[np.ix_(ys + p, xs)] + a
+
+
 def residual_std(dataset: PairDataset, n: int = 256, generator: torch.Generator | None = None) -> float:
     """Std of the stage's residual targets over n random pairs: EDM's sigma_data for that stage."""
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -228,14 +177,3 @@ def residual_std(dataset: PairDataset, n: int = 256, generator: torch.Generator 
         targets.append(dataset.batch(min(64, left), gen)["target"].double())
         left -= targets[-1].shape[0]
     return float(torch.cat(targets).std())
-
-
-def _check_names(root: Path, names, what: str) -> list[str]:
-    if isinstance(names, str):
-        names = [names]
-    known = available_sources(root)
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ValueError(f"unknown {what} {unknown}; available sources: {list(known)}")
-    return list(names)
-

@@ -30,7 +30,7 @@ import torch
 
 from precipfast.config import DegradationConfig
 from precipfast.errors import InputFormatError
-from precipfast.train.data import available_sources, coarse_frames, load_source, resolve_data_dir
+from precipfast.train.sources import available_sources, coarse_frames, load_source, resolve_data_dir
 from precipfast.train.degrade import degradation_stats, degrade
 
 IMERG_FILE = "imerg_samples.h5"

@@ -43,13 +43,13 @@ def validate(opts: ValidateOptions = ValidateOptions(), *, degradation: Degradat
     opts.out, also writes metrics.json and validate.png there."""
     from precipfast.runtime.noise import time_seed
     from precipfast.runtime.pipeline import Pipeline
-    from precipfast.train.data import load_source
+    from precipfast.train.sources import load_source
     from precipfast.train.degrade import degrade
 
     say = progress or (lambda msg: None)
     t_start = time.perf_counter()
     source, members, seed = opts.source, opts.members, opts.seed
-    field = load_source(opts.data, source)
+    field = load_source(opts.data, source, None)  # native frames: --frames index the source's own scans
     frame_ids = _frame_ids(opts.frames, field.shape[0], source)
     pipe = Pipeline.from_options(opts.sample_options())
     if "downscaling" not in pipe.stages:

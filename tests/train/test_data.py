@@ -1,31 +1,32 @@
 """train/data.py: paired patches for both stages from the real radar in ../shared/data."""
 import dataclasses
-import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from precipfast.config import DataConfig
 from precipfast.errors import InputFormatError
 from precipfast.grid import coarsen, upsample
-from precipfast.train.data import MRMS_FILE, RADAR_FILE, PairDataset, residual_std, split_frames
+from precipfast.train.data import PairDataset, residual_std
+from precipfast.train.sources import FILES
 from precipfast.transform import forward
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / MRMS_FILE).is_file() or not (DATA / RADAR_FILE).is_file(),
+needs_data = pytest.mark.skipif(not all((DATA / f).is_file() for f in FILES),
                                 reason=f"real radar files not found in {DATA} (repo root's ../shared/data)")
-# Small subset: one training region, the held-out region, one FMI day with NaN outside its composite.
-SOURCES = ["mrms/region_0", "mrms/region_3", "fmi/fmi_20170509"]
-CFG = DataConfig(patch_hr=40, patch_lr=16)
+# Small sources: one FMI day (NaN outside its composite) for training, the other for validation.
+CFG = DataConfig(patch_hr=40, patch_lr=16, train_sources=("fmi/fmi_20160928", "bom/bom_2_20180616"),
+                 val_sources=("fmi/fmi_20170509",))
 
 
 @pytest.fixture(scope="module")
 def datasets():
-    if not (DATA / MRMS_FILE).is_file() or not (DATA / RADAR_FILE).is_file():
+    if not all((DATA / f).is_file() for f in FILES):
         pytest.skip(f"real radar files not found in {DATA}")
-    return {(st, sp): PairDataset(CFG, st, sp, DATA, sources=SOURCES)
-            for st in ("downscaling", "correction") for sp in ("train", "val")}
+    return {(st, sp): PairDataset(CFG, st, sp, DATA) for st in ("downscaling", "correction")
+            for sp in ("train", "val")}
 
 
 @needs_data
@@ -39,7 +40,7 @@ def test_downscaling_batch_shapes_and_residual_identity(datasets, split):
     assert torch.equal(b["target"] + b["base"], b["hr"])          # exact by construction
     torch.testing.assert_close(b["hr"], forward(b["hr_mm_h"], CFG.transform), atol=1e-6, rtol=0)
     assert torch.equal(b["cond"], b["base"])
-    torch.testing.assert_close(b["lr_mm_h"], coarsen(b["hr_mm_h"], s, "max"))
+    torch.testing.assert_close(b["lr_mm_h"], coarsen(b["hr_mm_h"], s, "mean"))   # areal mean, like IMERG
     torch.testing.assert_close(b["cond"], upsample(forward(b["lr_mm_h"], CFG.transform), s))
     assert all(torch.isfinite(v).all() for v in b.values())
 
@@ -59,17 +60,13 @@ def test_correction_batch_shapes_and_residual_identity(datasets, split):
 
 
 @needs_data
-def test_held_out_region_only_in_validation(datasets):
+def test_splits_hold_whole_sources(datasets):
     for stage in ("downscaling", "correction"):
-        train, val = datasets[stage, "train"], datasets[stage, "val"]
-        assert "mrms/region_3" not in train.source_names
-        assert "mrms/region_3" in val.source_names
-        assert val.frames["mrms/region_3"] == range(0, 36)
-        for name in ("mrms/region_0", "fmi/fmi_20170509"):
-            tr, va = set(train.frames[name]), set(val.frames[name])
-            assert tr and va and not tr & va and max(tr) < min(va)
-    assert split_frames(36, False, "val", 0.2) == range(29, 36)
-    assert split_frames(36, True, "train", 0.2) == range(0, 0)
+        assert "fmi/fmi_20170509" not in datasets[stage, "train"].source_names
+        assert datasets[stage, "val"].source_names == ["fmi/fmi_20170509"]
+    leaky = dataclasses.replace(CFG, val_sources=("fmi/fmi_20160928",))
+    with pytest.raises(ValueError, match=r"\['fmi/fmi_20160928'\] are both training and validation"):
+        PairDataset(leaky, "downscaling", "train", DATA)
 
 
 @needs_data
@@ -96,25 +93,26 @@ def test_residual_std_is_a_positive_float(datasets):
 
 
 @needs_data
-def test_unknown_region_lists_available_sources():
-    cfg = dataclasses.replace(CFG, val_regions=("mrms/region_9",))
-    with pytest.raises(ValueError, match=r"unknown val_regions \['mrms/region_9'\].*mrms/region_0"):
-        PairDataset(cfg, "downscaling", "train", DATA, sources=SOURCES)
-    with pytest.raises(ValueError, match="unknown sources"):
+def test_qpe_day_crops_are_unpacked_hourly_rates():
+    """The packed uint16 QPE day: crops are NaN-free mm/h on the 0.1 mm grid, wet ones preferred."""
+    ds = PairDataset(CFG, "downscaling", "val", DATA, sources=["qpe/20160922"])
+    b = ds.batch(16, torch.Generator().manual_seed(0))
+    hr = b["hr_mm_h"].double()
+    assert torch.isfinite(hr).all() and hr.min() >= 0 and hr.max() < 300
+    np.testing.assert_allclose(hr * 10, (hr * 10).round(), atol=1e-3)   # counts x 0.1 mm/h
+    assert ((hr >= 0.1).double().mean(dim=(1, 2, 3)) >= CFG.min_wet_fraction).double().mean() >= 0.5
+
+
+@needs_data
+def test_unknown_source_lists_available_sources():
+    with pytest.raises(ValueError, match=r"unknown train sources \['nexrad/x'\].*qpe/20160920"):
         PairDataset(CFG, "downscaling", "train", DATA, sources=["nexrad/x"])
 
 
 def test_missing_data_dir_is_named(tmp_path):
     missing = tmp_path / "nowhere"
-    with pytest.raises(InputFormatError, match=f"'{missing}' does not exist; expected .*{MRMS_FILE}"):
+    with pytest.raises(InputFormatError, match=f"'{missing}' does not exist; expected"):
         PairDataset(CFG, "downscaling", "train", missing)
-
-
-@needs_data
-def test_missing_data_file_is_named(tmp_path):
-    os.symlink(DATA / MRMS_FILE, tmp_path / MRMS_FILE)
-    with pytest.raises(InputFormatError, match=f"'{tmp_path / RADAR_FILE}' is missing"):
-        PairDataset(CFG, "downscaling", "train", tmp_path)
 
 
 def test_bad_stage_and_split(tmp_path):

@@ -1,0 +1,82 @@
+"""The shipped model's training recipe (MODEL_CARD.md): the configs of each stage, in one place.
+
+    python -m precipfast.train.recipe --stage downscaling --out checkpoints/v2/downscaling [--resume]
+    python -m precipfast.train.recipe --stage correction  --out checkpoints/v2/correction  [--resume]
+
+Stage 2 (downscaling) is an EDM diffusion model of the 1 km residual over bilinear interpolation of the
+mean-pooled field. Stage 1 (correction) is a deterministic regression mean of the coarse residual
+(CorrDiff's regression stage; MODEL_CARD.md compares it with diffusion and with quantile mapping).
+sigma_data and the denoised upper bound are measured on the stage's own training targets. The run is
+resumable: checkpoints every `checkpoint_every` steps, a rerun with --resume continues bit for bit.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+
+import torch
+
+from precipfast.config import DataConfig, EDMConfig, SamplerConfig, TrainConfig, UNetConfig
+from precipfast.train.data import PairDataset
+
+MARGIN = 0.5   # working-space headroom above the largest training residual (x1.65 in rate)
+
+
+def configs(stage: str) -> dict:
+    """UNet, EDM (without the measured fields), sampler, data and train configs of one stage."""
+    data = DataConfig()
+    if stage == "downscaling":
+        return dict(unet=UNetConfig(model_channels=16, channel_mult=(1, 2, 2), attn_levels=(2,)),
+                    edm=EDMConfig(), sampler=SamplerConfig(num_steps=8), data=data,
+                    train=TrainConfig(stage=stage, steps=2500, batch_size=16, lr=2e-3, warmup_steps=100,
+                                      ema_halflife_steps=200, val_every=500, checkpoint_every=250, threads=1))
+    return dict(unet=UNetConfig(model_channels=16, channel_mult=(1, 2, 2), attn_levels=(2,)),
+                edm=EDMConfig(kind="regression"), sampler=SamplerConfig(num_steps=2),
+                data=dataclasses.replace(data, patch_lr=32),
+                train=TrainConfig(stage=stage, steps=1500, batch_size=32, lr=1e-3, warmup_steps=100,
+                                  ema_halflife_steps=200, val_every=500, checkpoint_every=250, threads=1))
+
+
+def measured_edm(edm: EDMConfig, train_data: PairDataset, n: int = 2048, seed: int = 0) -> EDMConfig:
+    """sigma_data = std of the residual targets; denoised_max = their maximum + MARGIN (4 decimals)."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.cat([train_data.batch(64, gen)["target"].double() for _ in range(n // 64)])
+    return dataclasses.replace(edm, sigma_data=round(float(t.std()), 4),
+                               denoised_max=round(float(t.max()) + MARGIN, 4))
+
+
+def main(argv=None) -> None:
+    from precipfast.config import from_dict
+    from precipfast.train.checkpoint import read_config
+    from precipfast.train.loop import train
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stage", choices=["correction", "downscaling"], required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--steps", type=int, default=None, help="override the recipe's optimiser steps")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--resume", action="store_true")
+    args = ap.parse_args(argv)
+    c = configs(args.stage)
+    if args.steps:
+        c["train"] = dataclasses.replace(c["train"], steps=args.steps)
+    torch.set_num_threads(c["train"].threads or torch.get_num_threads())
+    train_data = PairDataset(c["data"], args.stage, "train", args.data)
+    val_data = PairDataset(c["data"], args.stage, "val", args.data)
+    if args.resume and (Path(args.out) / "config.json").is_file():
+        edm = from_dict(EDMConfig, read_config(args.out)["edm"])   # measured once, at the start
+    else:
+        edm = measured_edm(c["edm"], train_data)
+    print(json.dumps({"stage": args.stage, "sigma_data": edm.sigma_data, "denoised_max": edm.denoised_max}),
+          flush=True)
+    summary = train(c["train"], c["data"], c["unet"], edm, c["sampler"], train_data, val_data, args.out,
+                    device=args.device, resume=args.resume, progress=True)
+    print(json.dumps(summary["history"][-1] if summary["history"] else {}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
