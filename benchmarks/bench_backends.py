@@ -1,11 +1,11 @@
 """Denoiser throughput per backend, side by side in one run, against the machine's matmul rate.
 
-    python -m precipfast.benchmarks.bench_backends --bundle DIR --batch 8 --hw 64 64 --repeat 20
+    python -m precipfast.benchmarks.bench_backends --model DIR --max-batch 8 --hw 128 128 --repeat 5
 
 Measures fp32 matmul GFLOP/s (1024^3 torch.matmul, median) as the machine's practical peak, then, for
 every backend usable on the device, one denoiser call D(x, sigma, cond) on a (batch, C, H, W) input:
-p20/p50/p80 ms, images/s, achieved GFLOP/s from `train.unet.count_flops` and its fraction of the matmul
-rate, plus the backend's max relative deviation from torch. Without --bundle a random-weight denoiser of
+p20/p50/p80 ms, images/s, achieved GFLOP/s from `precipfast.unet.count_flops` and its fraction of the matmul
+rate, plus the backend's max relative deviation from torch. Without --model a random-weight denoiser of
 the given U-Net shape is exported to a temporary bundle. JSON lines on stdout, a table on stderr.
 """
 from __future__ import annotations
@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 
 from precipfast.benchmarks._emit import emit, time_calls
+from precipfast.options import BenchOptions
 
+DEFAULTS = BenchOptions()  # the defaults of `precipfast bench`, shared by this script's flags
 MATMUL_N = 1024
 
 
@@ -36,7 +38,7 @@ def random_bundle(out_dir: Path, unet_cfg, seed: int = 0) -> Path:
     """A one-stage (downscaling) bundle with random, non-zero weights (EDM zero-inits some layers)."""
     from precipfast.config import EDMConfig, SamplerConfig, to_dict
     from precipfast.export.bundle import write_bundle
-    from precipfast.train.checkpoint import build_denoiser
+    from precipfast.denoiser import build_denoiser
 
     torch.manual_seed(seed)
     den = build_denoiser(unet_cfg, EDMConfig())
@@ -50,15 +52,17 @@ def random_bundle(out_dir: Path, unet_cfg, seed: int = 0) -> Path:
                         scale_factor=10, pooling="max", transform={}, parity=False)
 
 
-def bench(bundle_path, stage: str | None, batch: int, hw: tuple[int, int], repeat: int, device: str = "cpu",
+def bench(model, stage: str | None, max_batch: int, hw: tuple[int, int], repeat: int, device: str = "cpu",
           names: list[str] | None = None, threads: int = 0) -> list[dict]:
     """Run the comparison; returns (and emits) one record per backend plus the matmul record."""
-    from precipfast.export.bundle import open_bundle
+    from precipfast.runtime.bundle import open_bundle
     from precipfast.runtime.backends import BackendOptions, available_backends, get_backend
-    from precipfast.train.unet import count_flops
+    from precipfast.unet import count_flops
 
     dev = torch.device(device)
-    bundle = open_bundle(bundle_path)
+    bundle = open_bundle(model)
+    batch = max_batch
+    opts = BackendOptions(max_batch=batch, max_hw=max(hw), threads=threads)
     stage = stage or bundle.stage_names[0]
     unet = bundle.unet(stage)
     h, w = hw
@@ -70,7 +74,7 @@ def bench(bundle_path, stage: str | None, batch: int, hw: tuple[int, int], repea
     cond = torch.randn(batch, unet.cond_channels, h, w, generator=g).to(dev)
     sigma = torch.logspace(-2.7, 1.9, batch).to(dev)  # 0.002 .. 80: the sampler's whole range
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
-    ref = get_backend("torch", bundle, stage, device)(x, sigma, cond)  # what every backend is checked against
+    ref = get_backend("torch", bundle, stage, device, options=opts)(x, sigma, cond)  # what every backend is checked against
     records = []
     for name, (ok, why) in available_backends(dev.type).items():
         if names and name not in names:
@@ -81,7 +85,7 @@ def bench(bundle_path, stage: str | None, batch: int, hw: tuple[int, int], repea
         if not ok:
             rec = {**base, "available": False, "reason": why}
         else:
-            be = get_backend(name, bundle, stage, device, options=BackendOptions(threads=threads))
+            be = get_backend(name, bundle, stage, device, options=opts)
             out = be(x, sigma, cond)
             t = time_calls(lambda: be(x, sigma, cond), repeat, warmup=2, sync=sync)
             gflops = flops / (t["p50_ms"] * 1e6)
@@ -116,12 +120,12 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m precipfast.benchmarks.bench_backends",
                                  description=__doc__.split("\n")[0])
-    ap.add_argument("--bundle", help="bundle directory (default: a random-weight denoiser, see --model-channels)")
+    ap.add_argument("--model", help="bundle directory (default: a random-weight denoiser, see --model-channels)")
     ap.add_argument("--stage", help="stage to run (default: the bundle's first)")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--hw", type=int, nargs=2, default=(64, 64), metavar=("H", "W"))
-    ap.add_argument("--repeat", type=int, default=20)
-    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--max-batch", type=int, default=DEFAULTS.max_batch)
+    ap.add_argument("--hw", type=int, nargs=2, default=DEFAULTS.hw, metavar=("H", "W"))
+    ap.add_argument("--repeat", type=int, default=DEFAULTS.repeat)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--backends", help="comma-separated subset (default: every registered backend)")
     ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = physical cores)")
     ap.add_argument("--model-channels", type=int, default=32)
@@ -131,13 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     names = a.backends.split(",") if a.backends else None
     with tempfile.TemporaryDirectory(prefix="pf-bench-") as tmp:
-        path = a.bundle
+        path = a.model
         if path is None:
             ints = lambda s: tuple(int(v) for v in s.split(",") if v)  # noqa: E731
             cfg = UNetConfig(cond_channels=a.cond_channels, model_channels=a.model_channels,
                              channel_mult=ints(a.channel_mult), attn_levels=ints(a.attn_levels))
             path = random_bundle(Path(tmp) / "bundle", cfg)
-        bench(path, a.stage, a.batch, tuple(a.hw), a.repeat, a.device, names, a.threads)
+        BenchOptions(max_batch=a.max_batch, hw=a.hw, repeat=a.repeat, device=a.device)  # the CLI's range checks
+        bench(path, a.stage, a.max_batch, tuple(a.hw), a.repeat, a.device, names, a.threads)
     return 0
 
 

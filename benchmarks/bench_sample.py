@@ -14,11 +14,15 @@ import numpy as np
 import torch
 
 from precipfast.benchmarks._emit import emit
+from precipfast.options import BenchOptions
 
-def plain_loop(bundle, lr: np.ndarray, members: int, steps: int, seed: int) -> np.ndarray:
+DEFAULTS = BenchOptions()
+
+
+def plain_loop(bundle, lr: np.ndarray, members: int, steps: int | None, seed: int) -> np.ndarray:
     """The baseline: eager torch, one member at a time, both stages, float32, global-grid noise."""
     from precipfast import edm
-    from precipfast.export.bundle import load_denoisers
+    from precipfast.runtime.bundle import load_denoisers
     from precipfast.grid import upsample
     from precipfast.runtime import noise
     from precipfast.transform import forward, inverse
@@ -36,7 +40,7 @@ def plain_loop(bundle, lr: np.ndarray, members: int, steps: int, seed: int) -> n
                 h, w = base.shape[-2:]
                 sc = bundle.sampler(stage)
                 eps = lambda i, s=stage: noise.normal_members(seed, [m], s, i, 0, h, 0, w, w)  # noqa: E731
-                sig = edm.karras_sigmas(steps, sc.sigma_min, sc.sigma_max, sc.rho, torch.float32)
+                sig = edm.karras_sigmas(steps or sc.num_steps, sc.sigma_min, sc.sigma_max, sc.rho, torch.float32)
                 x = base + edm.sample(dens[stage], base, eps, sig)
             out.append(inverse(x, tr)[0, 0].numpy())
     return np.stack(out)
@@ -60,13 +64,13 @@ def _peak_rss_gib() -> float:
     return float("nan")
 
 
-def bench(bundle_path=None, *, lr_hw=(20, 20), members=8, steps=8, seed=0, backend="auto", device="cpu",
-          data_dir="../shared/data", repeat=1) -> list[dict]:
-    from precipfast.export.bundle import default_bundle_path, open_bundle
+def bench(model=None, *, lr_hw=DEFAULTS.lr_hw, members=DEFAULTS.members, steps=DEFAULTS.steps, seed=DEFAULTS.seed,
+          backend=DEFAULTS.backend, device=DEFAULTS.device, data_dir=DEFAULTS.data, repeat=1) -> list[dict]:
+    from precipfast.runtime.bundle import default_bundle_path, open_bundle
     from precipfast.runtime.pipeline import Pipeline
-    bundle = open_bundle(bundle_path or default_bundle_path())
+    bundle = open_bundle(model or default_bundle_path())
     lr, source = _field(lr_hw, data_dir)
-    pipe = Pipeline.from_bundle(bundle.path, backend=backend, device=device, stages=None)
+    pipe = Pipeline.from_bundle(bundle.path, backend=backend, device=device)
     denoise_s = [0.0]
     for run in pipe.stages.values():  # time the denoiser calls to get the sampler's own share
         run.backend = _timed(run.backend, denoise_s)
@@ -124,16 +128,18 @@ def _field(hw, data_dir):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m precipfast.benchmarks.bench_sample", description=__doc__)
-    ap.add_argument("--bundle")
-    ap.add_argument("--lr-hw", type=int, nargs=2, default=(20, 20))
-    ap.add_argument("--members", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--backend", default="auto")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model")
+    ap.add_argument("--lr-hw", type=int, nargs=2, default=DEFAULTS.lr_hw)
+    ap.add_argument("--members", type=int, default=DEFAULTS.members)
+    ap.add_argument("--steps", type=int, default=DEFAULTS.steps)
+    ap.add_argument("--backend", default=DEFAULTS.backend)
+    ap.add_argument("--device", default=DEFAULTS.device)
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--data", default=DEFAULTS.data)
     a = ap.parse_args(argv)
-    for rec in bench(a.bundle, lr_hw=tuple(a.lr_hw), members=a.members, steps=a.steps, backend=a.backend,
+    BenchOptions(model=a.model, lr_hw=a.lr_hw, members=a.members, steps=a.steps, backend=a.backend,
+                 device=a.device, data=a.data)  # the CLI's range checks
+    for rec in bench(a.model, lr_hw=tuple(a.lr_hw), members=a.members, steps=a.steps, backend=a.backend,
                      device=a.device, data_dir=a.data, repeat=a.repeat):
         emit(rec)
         print(f"{rec['impl']:>18}: " + ", ".join(f"{k}={v}" for k, v in rec.items() if k in

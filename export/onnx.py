@@ -112,15 +112,3 @@ def _fix_output_channels(path: Path, out_channels: int) -> None:
     dim.Clear()
     dim.dim_value = out_channels
     onnx.save(model, str(path))
-
-
-def onnx_io_shapes(path: str | os.PathLike) -> dict[str, list]:
-    """{input/output name: [dim, ...]} with ints for fixed dims and names for dynamic ones."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    shapes = {}
-    for v in list(model.graph.input) + list(model.graph.output):
-        dims = v.type.tensor_type.shape.dim
-        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
-    return shapes

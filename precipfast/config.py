@@ -47,13 +47,15 @@ class UNetConfig:
         object.__setattr__(self, "attn_levels", tuple(int(a) for a in self.attn_levels))
         _check(self.in_channels >= 1, f"unet.in_channels must be >= 1, got {self.in_channels}")
         _check(self.cond_channels >= 0, f"unet.cond_channels must be >= 0, got {self.cond_channels}")
-        _check(self.model_channels >= 4 and self.model_channels % 4 == 0,
-               f"unet.model_channels must be a positive multiple of 4, got {self.model_channels}")
-        _check(len(self.channel_mult) >= 1 and all(m >= 1 for m in self.channel_mult),
-               f"unet.channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult}")
-        _check(self.num_blocks >= 1, f"unet.num_blocks must be >= 1, got {self.num_blocks}")
+        _check(4 <= self.model_channels <= 4096 and self.model_channels % 4 == 0,
+               f"--model-channels (unet.model_channels) must be a positive multiple of 4, got {self.model_channels}")
+        _check(1 <= len(self.channel_mult) <= 8 and all(1 <= m <= 64 for m in self.channel_mult),
+               f"--channel-mult (unet.channel_mult) must be a non-empty list of ints in [1, 64], "
+               f"got {self.channel_mult}")
+        _check(1 <= self.num_blocks <= 64, f"--num-blocks (unet.num_blocks) must be in [1, 64], got {self.num_blocks}")
         _check(all(0 <= a < len(self.channel_mult) for a in self.attn_levels),
-               f"unet.attn_levels must index levels 0..{len(self.channel_mult) - 1}, got {self.attn_levels}")
+               f"--attn-levels (unet.attn_levels) must index levels 0..{len(self.channel_mult) - 1}, "
+               f"got {self.attn_levels}")
         _check(0.0 <= self.dropout < 1.0, f"unet.dropout must be in [0, 1), got {self.dropout}")
 
     @property
@@ -82,7 +84,8 @@ class EDMConfig:
     denoised_max: float = math.inf
 
     def __post_init__(self):
-        _check(self.sigma_data > 0, f"edm.sigma_data must be > 0, got {self.sigma_data}")
+        _check(0 < self.sigma_data < math.inf, f"--sigma-data (edm.sigma_data) must be a finite number > 0, "
+                                               f"got {self.sigma_data}")
         _check(self.p_std > 0, f"edm.p_std must be > 0, got {self.p_std}")
         _check(self.kind in ("edm", "regression"), f"edm.kind must be 'edm' or 'regression', got {self.kind!r}")
         _check(self.denoised_max > 0, f"edm.denoised_max must be > 0, got {self.denoised_max}")
@@ -164,9 +167,12 @@ class DataConfig:
 
     def __post_init__(self):
         _check(self.scale_factor >= 1, f"data.scale_factor must be >= 1, got {self.scale_factor}")
-        _check(self.pooling in ("max", "mean"), f"data.pooling must be 'max' or 'mean', got {self.pooling!r}")
-        _check(self.patch_hr % self.scale_factor == 0,
-               f"data.patch_hr must be a multiple of scale_factor={self.scale_factor}, got {self.patch_hr}")
+        _check(self.pooling in ("max", "mean"), f"--pooling must be 'max' or 'mean', got {self.pooling!r}")
+        _check(isinstance(self.patch_hr, int) and 0 < self.patch_hr <= 4096 and self.patch_hr % self.scale_factor == 0,
+               f"--patch-hr must be a positive multiple of scale_factor={self.scale_factor} up to 4096, "
+               f"got {self.patch_hr}")
+        _check(isinstance(self.patch_lr, int) and 4 <= self.patch_lr <= 4096,
+               f"--patch-lr must be an integer in [4, 4096], got {self.patch_lr}")
         _check(self.period_min >= 1, f"data.period_min must be >= 1, got {self.period_min}")
         object.__setattr__(self, "train_sources", tuple(self.train_sources))
         object.__setattr__(self, "val_sources", tuple(self.val_sources))
@@ -191,14 +197,24 @@ class TrainConfig:
     val_every: int = 250                    # steps between validation CRPS evaluations
     val_members: int = 4                    # ensemble members for validation CRPS
     val_steps: int = 8                      # sampler steps for validation
-    checkpoint_every: int = 500
+    checkpoint_every: int = 250             # steps between checkpoints (the shipped model was trained with 250)
     threads: int = 0                        # torch CPU threads (0 = all cores)
 
     def __post_init__(self):
-        _check(self.stage in STAGES, f"train.stage must be one of {STAGES}, got {self.stage!r}")
-        _check(self.steps >= 1 and self.batch_size >= 1, "train.steps and train.batch_size must be >= 1")
-        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
-        _check(self.val_members >= 2, f"train.val_members must be >= 2 for CRPS, got {self.val_members}")
+        # Messages name the CLI flag: one name per setting (--batch-size <-> batch_size).
+        _check(self.stage in STAGES, f"--stage must be one of {STAGES}, got {self.stage!r}")
+        for name, lo, hi in (("steps", 1, 10 ** 9), ("batch_size", 1, 65536), ("warmup_steps", 0, 10 ** 9),
+                             ("val_every", 1, 10 ** 9), ("checkpoint_every", 1, 10 ** 9), ("seed", 0, 2 ** 63 - 1),
+                             ("threads", 0, 4096), ("val_members", 2, 10000), ("val_steps", 2, 1000)):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi,
+                   f"--{name.replace('_', '-')} must be an integer in [{lo}, {hi}], got {v!r}")
+        for name in ("lr", "ema_halflife_steps"):
+            v = getattr(self, name)
+            _check(0 < v < math.inf, f"--{name.replace('_', '-')} must be a finite number > 0, got {v!r}")
+        _check(0 <= self.weight_decay < math.inf and 0 < self.grad_clip < math.inf,
+               f"train.weight_decay must be >= 0 and train.grad_clip > 0 (finite), got {self.weight_decay}, "
+               f"{self.grad_clip}")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -32,10 +32,10 @@ class UnknownBackendError(PrecipfastError, ValueError):
 @dataclass(frozen=True)
 class BackendOptions:
     """Per-backend tuning; each field is read by one backend only."""
+    max_batch: int                          # tensorrt: largest batch of the optimisation profile (--max-batch)
+    max_hw: int                             # tensorrt: largest tile edge of the optimisation profile (--tile)
     threads: int = 0                        # onnxruntime CPU intra-op threads (0 = one per physical core)
     torch_compile: bool = False             # torch on CUDA: wrap the module in torch.compile
-    max_batch: int = 16                     # tensorrt: largest batch of the optimisation profile
-    max_hw: int = 256                       # tensorrt: largest tile edge of the optimisation profile
     fp16: bool = True                       # tensorrt: fp16 kernels (GroupNorm, softmax, EDM scalars fp32)
     cache_dir: str | None = None            # tensorrt: engine cache (None = ~/.cache/precipfast/tensorrt)
 
@@ -113,7 +113,7 @@ class OnnxRuntimeBackend(Backend):
 
 
 class TensorRTBackend(Backend):
-    """A TensorRT engine built from the stage's ONNX (export/tensorrt.py), cached on disk."""
+    """A TensorRT engine built from the stage's ONNX (runtime/tensorrt.py), cached on disk."""
     name = "tensorrt"
 
     def __init__(self, runner, device: torch.device, max_batch: int):
@@ -203,7 +203,7 @@ def _probe_tensorrt(device: str) -> tuple[bool, str]:
 
 
 def _make_torch(bundle, stage: str, device: torch.device, options: BackendOptions) -> Backend:
-    from precipfast.export.bundle import load_denoiser
+    from precipfast.runtime.bundle import load_denoiser
     return TorchBackend(load_denoiser(bundle, stage), device, compile=options.torch_compile)
 
 
@@ -212,7 +212,7 @@ def _make_onnxruntime(bundle, stage: str, device: torch.device, options: Backend
 
 
 def _make_tensorrt(bundle, stage: str, device: torch.device, options: BackendOptions) -> Backend:
-    from precipfast.export.tensorrt import EngineProfile, load_or_build_engine
+    from precipfast.runtime.tensorrt import EngineProfile, load_or_build_engine
     unet = bundle.unet(stage)
     profile = EngineProfile(in_channels=unet.in_channels, cond_channels=unet.cond_channels,
                             max_batch=options.max_batch, max_hw=options.max_hw, fp16=options.fp16)
@@ -263,22 +263,27 @@ def resolve_auto(device: str = "cpu") -> str:
     raise BackendUnavailableError(f"no backend can run on {device!r}: " + "; ".join(reasons))
 
 
-def get_backend(name: str, bundle, stage: str, device: str = "cpu", *,
-                options: BackendOptions | None = None) -> Backend:
-    """Backend `name` ("auto" resolves by device) for `stage` of `bundle` (a Bundle or its path)."""
+def get_backend(name: str, bundle, stage: str, device, *, options: BackendOptions) -> Backend:
+    """Backend `name` ("auto" resolves by device) for `stage` of `bundle` (a Bundle or its path) on
+    `device` (a torch.device or its name; the CUDA index is kept)."""
+    from precipfast.runtime.bundle import open_bundle
+
+    check_backend_name(name)
     if name == "auto":
         name = resolve_auto(device)
-    if name not in BACKENDS:
-        raise UnknownBackendError(f"unknown backend {name!r}; available: {sorted(BACKENDS)} or 'auto'")
     kind = _device_type(device)
     ok, why = BACKENDS[name].probe(kind)
     if not ok:
         usable = [n for n, (good, _) in available_backends(kind).items() if good]
         raise BackendUnavailableError(f"backend {name!r} cannot run on {kind}: {why}. "
                                       f"Usable here: {usable}")
-    if not hasattr(bundle, "manifest"):
-        from precipfast.export.bundle import open_bundle
-        bundle = open_bundle(bundle)
-    if stage not in bundle.stage_names:
-        raise PrecipfastError(f"stage {stage!r} is not in bundle {bundle.path}; it has {list(bundle.stage_names)}")
-    return BACKENDS[name].make(bundle, stage, torch.device(device), options or BackendOptions())
+    bundle = open_bundle(bundle)
+    bundle.stage(stage)  # refuses a stage the bundle does not have
+    return BACKENDS[name].make(bundle, stage, torch.device(device), options)
+
+
+def check_backend_name(name: str) -> str:
+    """The name itself, or UnknownBackendError naming --backend and the registry."""
+    if name != "auto" and name not in BACKENDS:
+        raise UnknownBackendError(f"unknown backend {name!r} (--backend); available: {sorted(BACKENDS)} or 'auto'")
+    return name

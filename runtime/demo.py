@@ -1,9 +1,5 @@
-"""`precipfast demo`: the shipped model on a real IMERG field, end to end, with a quick-look PNG.
-
-Input: NASA GPM IMERG Final V06B, 2017-01-03 11:00Z (from ../shared/data/imerg_samples.h5), cropped to
-a 3 x 3 degree box of widespread winter rain over Ohio/West Virginia, written in precipfast's own
-input schema, then sampled exactly as `precipfast sample` does.
-"""
+"""`precipfast demo`: the shipped model on the real IMERG crop shipped in the package (runtime/demo_input.py),
+sampled exactly as `precipfast sample` does, with a quick-look PNG."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,37 +8,35 @@ import h5py
 import numpy as np
 
 from precipfast.errors import InputFormatError
-from precipfast.runtime.io_h5 import read_input, write_precipfast_input
-from precipfast.runtime.job import SampleOptions, run_sample
+from precipfast.options import DemoOptions
+from precipfast.runtime.demo_input import demo_input_path
 from precipfast.runtime.quicklook import quicklook
+from precipfast.runtime.sample_job import run_sample
 
-DEMO_FILE = "imerg_samples.h5"
-DEMO_VARIABLE = "v06b_final_conus_20170103T1100/precipitationCal"
-DEMO_BBOX = (38.0, 41.0, -83.0, -80.0)  # south, north, west, east
 DEMO_THRESHOLD_MM_H = 1.0
 
 
-def run_demo(out_dir="out/demo", data_dir="../shared/data", *, members: int = 8, steps: int = 10, seed: int = 0,
-             backend: str = "auto", quiet: bool = False) -> dict:
-    src = Path(data_dir) / DEMO_FILE
+def run_demo(opts: DemoOptions = DemoOptions()) -> dict:
+    """Sample the shipped input into opts.out/ensemble.h5 and draw opts.out/quicklook.png."""
+    src = demo_input_path()
     if not src.is_file():
-        raise InputFormatError(f"demo input {str(src)!r} not found; expected the shared data directory with "
-                               f"{DEMO_FILE} (pass --data DIR)")
-    out = Path(out_dir)
+        raise InputFormatError(f"demo input {str(src)!r} is missing from this installation; expected the "
+                               f"package data precipfast/data/demo_imerg.h5")
+    out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    field = read_input(src, variable=DEMO_VARIABLE, bbox=DEMO_BBOX)
-    inp = write_precipfast_input(out / "input.h5", field.precip, field.lat, field.lon)
-    summary = run_sample(inp, out / "ensemble.h5", None,
-                         SampleOptions(members=members, steps=steps, seed=seed, backend=backend, overwrite=True),
-                         quiet=quiet)
+    summary = run_sample(src, out / "ensemble.h5", opts.sample_options())
+    with h5py.File(src, "r") as f:
+        lr, lat_lr, lon_lr = f["precip"][0], f["lat"][:], f["lon"][:]
     with h5py.File(out / "ensemble.h5", "r") as f:
-        thr = list(np.asarray(f["threshold"][:]))
-        k = int(np.argmin(np.abs(np.asarray(thr) - DEMO_THRESHOLD_MM_H)))
+        thr = np.asarray(f["threshold"][:])
+        k = int(np.argmin(np.abs(thr - DEMO_THRESHOLD_MM_H)))
         lat, lon = f["lat"][:], f["lon"][:]
-        png = quicklook(out / "quicklook.png", field.precip[0], f["corrected_lr"][0], f["precip"][0, :3],
+        steps = f.attrs["steps"]
+        png = quicklook(out / "quicklook.png", lr, f["corrected_lr"][0], f["precip"][0, :3],
                         f["precip_mean"][0], f["exceedance_probability"][0, k], float(thr[k]),
-                        extent_lr=_extent(field.lat, field.lon), extent=_extent(lat, lon),
-                        title=f"IMERG V06B 2017-01-03 11:00Z -> 1 km ensemble ({members} members, {steps} steps)")
+                        extent_lr=_extent(lat_lr, lon_lr), extent=_extent(lat, lon),
+                        title=f"IMERG V06B 2017-01-03 11:00Z -> 1 km ensemble ({opts.members} members, "
+                              f"{steps} steps)")
     summary["quicklook"] = str(png)
     return summary
 

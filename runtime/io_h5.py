@@ -38,8 +38,8 @@ import numpy as np
 
 from precipfast.errors import InputFormatError
 from precipfast.runtime.latlon import check_bbox, crop, lat_order, lon_order, pixel_deg
+from precipfast.runtime.rates import rate_problem
 
-MAX_RATE_MM_H = 1000.0
 IMERG_FILL = -9999.9
 RATE_UNITS = {"mm/h", "mm/hr", "mmh-1", "mmhr-1", "mm/hour", "mmh**-1", "mmh^-1", "millimeter/hour",
               "millimeters/hour", "millimetersperhour", "mmperhour"}
@@ -72,8 +72,10 @@ class _Layout:
     group: str    # where lat/lon/time live
 
 
-def read_input(path, *, bbox=None, variable: str | None = None) -> InputField:
-    """Read and check one input file; `bbox=(south, north, west, east)` keeps pixels whose centres fall inside."""
+def read_input(path, *, bbox=None, variable: str | None = None, check_size=None) -> InputField:
+    """Read and check one input file; `bbox=(south, north, west, east)` keeps pixels whose centres fall inside.
+    `check_size(times, height, width)`, when given, sees the declared size of the selection before it is read
+    (runtime/memory.py refuses what cannot fit the budget)."""
     path = Path(path)
     box = check_bbox(bbox)
     _check_file(path)
@@ -94,6 +96,8 @@ def read_input(path, *, bbox=None, variable: str | None = None) -> InputField:
         pixel = pixel_deg(lat, lon, fail)
         if box is not None:
             rows, cols, lat, lon = crop(rows, cols, lat, lon, box, fail)
+        if check_size is not None:
+            check_size(ds.shape[axes.index("time")] if "time" in axes else 1, len(rows), len(cols))
         precip = _read_precip(ds, axes, rows, cols, fail)
         _check_rates(precip, fail, box)
         times = _times(f, lay.group, precip.shape[0], fail)
@@ -112,33 +116,6 @@ def missing_mask(field: InputField, factor: int = 1) -> np.ndarray:
     """(T, H*factor, W*factor) bool: True where the coarse input pixel was missing (NaN)."""
     m = np.isnan(field.precip)
     return m if factor == 1 else m.repeat(factor, axis=1).repeat(factor, axis=2)
-
-
-def write_precipfast_input(path, precip, lat, lon, times=None, aux=None) -> Path:
-    """Write the precipfast input schema: precip (H, W) or (T, H, W) mm/h, 1-D lat/lon, time, aux/<name>."""
-    precip = np.asarray(precip, dtype=np.float32)
-    lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
-    if precip.ndim not in (2, 3) or precip.shape[-2:] != (lat.size, lon.size) or lat.ndim != 1 or lon.ndim != 1:
-        raise ValueError(f"precip must be (H, W) or (T, H, W) with H = len(lat), W = len(lon); got precip "
-                         f"{precip.shape}, lat {lat.shape}, lon {lon.shape}")
-    path = Path(path)
-    with h5py.File(path, "w") as f:
-        chunks = (1,) * (precip.ndim - 2) + tuple(min(n, 512) for n in precip.shape[-2:])
-        d = f.create_dataset("precip", data=precip, chunks=chunks, compression="gzip", shuffle=True)
-        d.attrs.update(units="mm/h", long_name="precipitation rate")
-        f.create_dataset("lat", data=lat).attrs["units"] = "degrees_north"
-        f.create_dataset("lon", data=lon).attrs["units"] = "degrees_east"
-        if times is not None:
-            t = np.asarray(times, np.int64).reshape(-1)
-            if t.size != (precip.shape[0] if precip.ndim == 3 else 1):
-                raise ValueError(f"times has {t.size} values; precip {precip.shape} needs one per time step")
-            f.create_dataset("time", data=t).attrs["units"] = "seconds since 1970-01-01 00:00:00"
-        for name, a in (aux or {}).items():
-            a = np.asarray(a, np.float32)
-            if a.shape != precip.shape[-2:]:
-                raise ValueError(f"aux {name!r} is {a.shape}; expected {precip.shape[-2:]} (H, W)")
-            f.create_dataset(f"aux/{name}", data=a, compression="gzip", shuffle=True)
-    return path
 
 
 def file_sha256(path) -> str:
@@ -294,16 +271,9 @@ def _check_units(ds, fail) -> None:
 
 
 def _check_rates(precip, fail, box) -> None:
-    valid = precip[~np.isnan(precip)]
-    if valid.size == 0:
-        where = f" inside bbox {box}" if box else ""
-        fail(f"is all missing (NaN or fill){where}, {precip.shape}; expected at least one valid pixel")
-    lo, hi = float(valid.min()), float(valid.max())
-    if lo < 0:
-        fail(f"has {np.count_nonzero(valid < 0)} negative values (min {lo:g} mm/h) that are not fill values; "
-             f"expected rates >= 0 mm/h")
-    if hi > MAX_RATE_MM_H:
-        fail(f"has rates up to {hi:g} mm/h; expected <= {MAX_RATE_MM_H:g} mm/h (is the unit mm/h?)")
+    problem = rate_problem(precip, f" inside bbox {box}" if box else "")
+    if problem:
+        fail(problem)
 
 
 _SINCE = re.compile(r"\s*(second|minute|hour|day)s?\s+since\s+(\d{4})-(\d{1,2})-(\d{1,2})"

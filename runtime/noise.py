@@ -233,3 +233,12 @@ def normal_members(seed: int, members: Sequence[int], stage: str, step: int, row
     """Noise of several members for window [row0:row1, col0:col1], shaped (E, 1, H, W)."""
     return normal(seed, list(members), stage, step, range(row0, row1), range(col0, col1), width,
                   dtype=dtype, device=device).unsqueeze(1)
+
+
+def time_seed(seed: int, t: int) -> int:
+    """The seed of time slice t of a run seeded `seed`: seed + t * 2^32, so slices get independent
+    noise while a seed below 2^32 (the CLI's range) keys slice 0 exactly as a single-time run."""
+    seed, t = _as_int("seed", seed), _as_int("t", t)
+    if not (0 <= seed < 2 ** 32 and 0 <= t < 2 ** 32):
+        raise ValueError(f"time_seed needs seed and t in [0, 2^32), got seed {seed}, t {t}")
+    return seed + (t << 32)

@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from precipfast._version import __version__
-from precipfast.errors import InputFormatError, OutputError
+from precipfast.errors import OutputError
 
 DEFAULT_THRESHOLDS_MM_H = (0.1, 1.0, 5.0, 10.0, 20.0)
 REQUIRED_ATTRS = ("model_name", "model_sha256", "steps", "seed", "backend", "input_sha256")
@@ -279,32 +279,6 @@ def write_output(path, result, *, lat, lon, lat_lr=None, lon_lr=None, times=None
     return Path(path)
 
 
-def read_output(path) -> dict:
-    """Summary for `precipfast info`: {'path', 'dims': {name: size}, 'variables': {name: {dims, shape,
-    dtype, units}}, 'attrs': {...}}."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputFormatError(f"output file '{path}' does not exist")
-    if not h5py.is_hdf5(path):
-        raise InputFormatError(f"'{path}' is not an HDF5 file; expected a precipfast output")
-    with h5py.File(path, "r") as f:
-        if "precip" not in f:
-            raise InputFormatError(f"'{path}' has no 'precip'; expected a precipfast output with precip, "
-                                   f"precip_mean, precip_std, exceedance_probability, corrected_lr")
-        dims, variables = {}, {}
-        for name, ds in f.items():
-            if not isinstance(ds, h5py.Dataset):
-                continue
-            if ds.is_scale:
-                dims[name] = ds.shape[0]
-                continue
-            names = [Path(d[0].name).name if len(d) else f"phony_dim_{i}" for i, d in enumerate(ds.dims)]
-            variables[name] = {"dims": tuple(names), "shape": ds.shape, "dtype": str(ds.dtype),
-                               "units": _py(ds.attrs.get("units"))}
-        attrs = {k: _py(v) for k, v in f.attrs.items()}
-    return {"path": str(path), "dims": dims, "variables": variables, "attrs": attrs}
-
-
 # ---------------------------------------------------------------------------- helpers
 def _axis(values, name) -> np.ndarray:
     a = np.asarray(values, np.float64)
@@ -348,16 +322,6 @@ def _attr_value(v):
         return json.dumps(v)
     if isinstance(v, Path):
         return str(v)
-    return v
-
-
-def _py(v):
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, np.generic):
-        return v.item()
     return v
 
 

@@ -16,18 +16,15 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from precipfast.config import DEFAULT_OVERLAP, DEFAULT_TILE, STAGES, SamplerConfig
+from precipfast.config import STAGES, SamplerConfig
 from precipfast.errors import InputFormatError, SamplingError
 from precipfast.grid import upsample
-from precipfast.runtime.io_h5 import MAX_RATE_MM_H
-from precipfast.runtime.ensemble import Tiling, auto_max_batch, default_budget_bytes, sample_ensemble
+from precipfast.options import SampleOptions
+from precipfast.runtime import memory
+from precipfast.runtime.ensemble import Tiling, sample_ensemble
+from precipfast.runtime.noise import time_seed
+from precipfast.runtime.rates import rate_problem
 from precipfast.transform import forward, inverse
-
-# Full-domain float32 fields per member at the peak of a stage: x_hat, both denoised estimates (blender
-# numerators), the Euler point, the conditioning/base and the step's temporaries. Measured: the peak
-# RSS of the shipped downscaling stage over 1500^2 px grows by 13.7 fields for the second member
-# (/proc VmHWM, 1 vs 2 members, 3 steps).
-STATE_FIELDS = 14
 
 
 @dataclass(frozen=True)
@@ -42,6 +39,15 @@ class Origin:
         """Global 0-based pixel of the north-west centre on a grid of pixel_deg from (90N, 180W)."""
         return Origin(int(round((90.0 - lat_north) / pixel_deg - 0.5)),
                       int(round((lon_west + 180.0) / pixel_deg - 0.5)), int(round(360.0 / pixel_deg)))
+
+    @staticmethod
+    def from_latlon(lat, lon) -> "Origin":
+        """The origin of a north-up field from its 1-D pixel-centre coordinates (lat descending)."""
+        lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
+        if lat.ndim != 1 or lon.ndim != 1 or lat.size < 2 or lon.size < 2 or not lat[0] > lat[1]:
+            raise InputFormatError(f"lat/lon must be 1-D pixel centres, lat descending (north-up), with at least 2 "
+                                   f"values each; got lat {lat.shape}, lon {lon.shape}")
+        return Origin.from_coords(float(lat[0]), float(lon[0]), float(lon[1] - lon[0]))
 
     def scaled(self, factor: int) -> "Origin":
         return Origin(self.row0 * factor, self.col0 * factor, self.width * factor)
@@ -58,12 +64,13 @@ class StageRun:
 
 
 class Pipeline:
-    """`Pipeline.from_bundle(path=None, backend="auto", device="auto")`, then `pipe.sample(...)`."""
+    """`Pipeline.from_bundle(model=None, backend="auto", device="auto", **settings)`, then
+    `pipe.sample(field, members=30, steps=None, seed=0)`: the same route as `precipfast sample`."""
 
     def __init__(self, bundle, stages: dict[str, StageRun], device: torch.device, backend_name: str,
-                 budget_bytes: int | None = None):
+                 options: SampleOptions, budget_bytes: int):
         self.bundle, self.stages, self.device, self.backend_name = bundle, stages, device, backend_name
-        self.budget_bytes = budget_bytes or default_budget_bytes(device)
+        self.options, self.budget_bytes = options, budget_bytes
         m = bundle.manifest
         self.transform = bundle.transform
         self.scale_factor = int(m["scale_factor"])
@@ -71,70 +78,102 @@ class Pipeline:
         self.lr_pixel_deg, self.hr_pixel_deg = float(m["lr_pixel_deg"]), float(m["hr_pixel_deg"])
 
     @classmethod
-    def from_bundle(cls, path=None, backend: str = "auto", device: str = "auto", *,
-                    tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, max_batch: int | None = None,
-                    memory_budget_gb: float | None = None,
-                    stages: Sequence[str] | None = None) -> "Pipeline":
-        from precipfast.export.bundle import default_bundle_path, open_bundle
+    def from_bundle(cls, model=None, backend: str = "auto", device: str = "auto", **settings) -> "Pipeline":
+        """settings: any SampleOptions field (tile, overlap, max_batch, memory_gb, stages, ...)."""
+        return cls.from_options(SampleOptions(model=None if model is None else str(model), backend=backend,
+                                              device=str(device), **settings))
+
+    @classmethod
+    def from_options(cls, opts: SampleOptions) -> "Pipeline":
+        """Open and check the bundle, resolve the device and backend once, and size the micro-batches."""
         from precipfast.runtime.backends import BackendOptions, get_backend, resolve_auto
-        bundle = open_bundle(path if path is not None else default_bundle_path())
-        dev = _device(device)
-        name = resolve_auto(dev.type) if backend == "auto" else backend
-        wanted = tuple(stages) if stages else tuple(s for s in STAGES if s in bundle.stage_names)
-        for s in wanted:
-            if s not in bundle.stage_names:
-                raise InputFormatError(f"stage {s!r} is not in bundle {bundle.path}; it has {bundle.stage_names}")
-        budget = int(memory_budget_gb * 1024 ** 3) if memory_budget_gb else default_budget_bytes(dev)
+        from precipfast.runtime.bundle import default_bundle_path, open_bundle
+        from precipfast.runtime.device import resolve_device
+
+        bundle = open_bundle(opts.model if opts.model is not None else default_bundle_path())
+        dev = resolve_device(opts.device)
+        name = resolve_auto(dev) if opts.backend == "auto" else opts.backend
+        wanted = opts.stages or tuple(s for s in STAGES if s in bundle.stage_names)
+        budget = memory.budget_bytes(opts.memory_gb, dev)
         runs = {}
-        for s in wanted:
-            mb = max_batch or auto_max_batch(bundle.unet(s), tile, budget, device_type=dev.type)
-            opts = BackendOptions(max_batch=mb, max_hw=tile)
-            runs[s] = StageRun(s, get_backend(name, bundle, s, dev.type, options=opts), bundle.sampler(s),
-                               Tiling(tile, overlap, mb), tuple(bundle.cond_names(s)))
-        return cls(bundle, runs, dev, name, budget)
+        for s in wanted:  # a stage the bundle lacks is refused by bundle.stage (via unet or get_backend)
+            mb = opts.max_batch or memory.auto_max_batch(bundle.unet(s), opts.tile, budget, device_type=dev.type)
+            backend = get_backend(name, bundle, s, dev, options=BackendOptions(max_batch=mb, max_hw=opts.tile))
+            runs[s] = StageRun(s, backend, bundle.sampler(s), Tiling(opts.tile, opts.overlap, mb),
+                               tuple(bundle.cond_names(s)))
+        return cls(bundle, runs, dev, name, opts, budget)
 
     # ------------------------------------------------------------------ sampling
-    def sample(self, lr_precip, members: int = 30, steps: int | None = None, seed: int = 0, aux=None, *,
-               origin: Origin | None = None, progress: Callable[[int, str], None] | None = None) -> dict:
-        """lr_precip (H, W) or (T, H, W) mm/h (NaN = missing). Returns numpy arrays:
-        precip (T?, E, H*f, W*f), corrected_lr (T?, E, H, W), precip_mean and precip_std (T?, H*f, W*f);
-        the T axis only when the input had one. Time t uses seed + t * 2^32 (see README: noise)."""
-        arr = np.asarray(lr_precip, dtype=np.float32)
-        if arr.ndim not in (2, 3):
-            raise InputFormatError(f"lr_precip must be (H, W) or (T, H, W), got shape {arr.shape}")
-        fields = arr[None] if arr.ndim == 2 else arr
-        outs = [self.sample_field(f, members, steps, seed + (t << 32), aux, origin=origin, progress=progress)
-                for t, f in enumerate(fields)]
-        res = {k: np.stack([o[k] for o in outs]) for k in outs[0]}
-        if arr.ndim == 2:
+    def sample(self, field, members: int | None = None, steps: int | None = None, seed: int | None = None,
+               aux=None, *, lat=None, lon=None, progress: Callable[[int, str], None] | None = None) -> dict:
+        """field: an InputField (`precipfast.runtime.io_h5.read_input`, what `precipfast sample` reads), or
+        an array (H, W) or (T, H, W) in mm/h (NaN = missing) with its north-up pixel centres lat (H,),
+        lon (W,). With geolocation the noise is keyed by global pixel, so the members equal the CLI's for the
+        same field and seed; an array without it is keyed as if its north-west pixel were the origin.
+        members/steps/seed default to this pipeline's options. Returns numpy arrays: precip (T?, E, H*f,
+        W*f), corrected_lr (T?, E, H, W), precip_mean and precip_std (T?, H*f, W*f); T only when the
+        input had a time axis (an InputField always has one)."""
+        opts = self.options.replace(**{k: v for k, v in (("members", members), ("steps", steps), ("seed", seed))
+                                       if v is not None})
+        lr, origin, aux, has_time = self.prepare(field, aux, lat, lon)
+        outs = [{"precip": [], "corrected_lr": []} for _ in lr]
+        for t, g in self.iter_groups(lr, origin, aux, opts, progress=progress):
+            for k in ("precip", "corrected_lr"):
+                outs[t][k].append(g[k])
+        res = {k: np.stack([np.concatenate(o[k]) for o in outs]) for k in ("precip", "corrected_lr")}
+        if not has_time:
             res = {k: v[0] for k, v in res.items()}
         res["precip_mean"] = np.nanmean(res["precip"], axis=-3)
         res["precip_std"] = np.nanstd(res["precip"], axis=-3)
         return res
 
+    def prepare(self, field, aux=None, lat=None, lon=None):
+        """(precip (T, H, W) float32, Origin or None, aux, whether the input had a time axis), checked once:
+        an InputField was checked by its reader, an array is checked here."""
+        if hasattr(field, "precip") and hasattr(field, "pixel_deg"):
+            from precipfast.runtime.io_h5 import expected_pixel_check
+            expected_pixel_check(field, self.lr_pixel_deg)
+            origin = Origin.from_coords(float(field.lat[0]), float(field.lon[0]), field.pixel_deg)
+            return field.precip, origin, aux if aux is not None else (field.aux or None), True
+        arr = np.asarray(field, dtype=np.float32)
+        if arr.ndim not in (2, 3):
+            raise InputFormatError(f"lr_precip must be (H, W) or (T, H, W), got shape {arr.shape}")
+        problem = rate_problem(arr)
+        if problem:
+            raise InputFormatError(f"lr_precip {problem}")
+        if (lat is None) != (lon is None):
+            raise InputFormatError("pass both lat and lon (north-up pixel centres) or neither")
+        origin = None
+        if lat is not None:
+            if (len(lat), len(lon)) != arr.shape[-2:]:
+                raise InputFormatError(f"lat/lon have {len(lat)} x {len(lon)} values; lr_precip is {arr.shape}")
+            origin = Origin.from_latlon(lat, lon)
+        return (arr[None] if arr.ndim == 2 else arr), origin, aux, arr.ndim == 3
+
+    def iter_groups(self, lr: np.ndarray, origin, aux, opts: SampleOptions, progress=None, on_time=None):
+        """Every (time index, member group) of a checked (T, H, W) field: time t is sampled with
+        `noise.time_seed(opts.seed, t)`. The one route of `sample` and `precipfast sample`; on_time(t) is
+        called before time t starts."""
+        for t in range(lr.shape[0]):
+            if on_time:
+                on_time(t)
+            for g in self._member_groups(lr[t], list(range(opts.members)), opts.steps,
+                                         time_seed(opts.seed, t), aux, origin, progress):
+                yield t, g
+
     def sample_field(self, lr: np.ndarray, members: int, steps: int | None, seed: int, aux=None, *,
                      origin: Origin | None = None, member_ids: Sequence[int] | None = None,
                      progress: Callable[[int, str], None] | None = None) -> dict:
-        """One coarse field (H, W) -> {'precip': (E, H*f, W*f), 'corrected_lr': (E, H, W)} as float32."""
-        groups = list(self.iter_member_groups(lr, members, steps, seed, aux, origin=origin, member_ids=member_ids,
-                                              progress=progress))
+        """One coarse field (H, W) with an exact seed (no time rule) -> {'precip': (E, H*f, W*f),
+        'corrected_lr': (E, H, W)} as float32; member_ids picks members (default 0..members-1)."""
+        opts = self.options.replace(members=members, steps=steps, seed=0)
+        lr = np.asarray(lr, dtype=np.float32)
+        problem = rate_problem(lr)
+        if problem:
+            raise InputFormatError(f"lr_precip {problem}")
+        ids = list(member_ids) if member_ids is not None else list(range(opts.members))
+        groups = list(self._member_groups(lr, ids, opts.steps, seed, aux, origin, progress))
         return {k: np.concatenate([g[k] for g in groups]) for k in ("precip", "corrected_lr")}
-
-    def iter_member_groups(self, lr: np.ndarray, members: int, steps: int | None, seed: int, aux=None, *,
-                           origin: Origin | None = None, member_ids: Sequence[int] | None = None,
-                           progress: Callable[[int, str], None] | None = None):
-        """Sample one coarse field (H, W) in groups of members sized to the memory budget, yielding
-        {'members': ids, 'precip': (g, H*f, W*f), 'corrected_lr': (g, H, W)} per group, so a caller that
-        writes each group as it comes holds one group's fields, never the whole ensemble. The input is
-        checked here, before the first group is asked for. progress(n, stage) is told of every n
-        (member, tile) images denoised (`images_per_field` counts them)."""
-        check_rates(lr)
-        ids = list(member_ids) if member_ids is not None else list(range(members))
-        if not ids:
-            raise ValueError(f"members must be >= 1, got {members}")
-        if steps is not None and steps < 2:
-            raise ValueError(f"steps must be >= 2, got {steps}")
-        return self._member_groups(lr, ids, steps, seed, aux, origin, progress)
 
     def _member_groups(self, lr, ids, steps, seed, aux, origin, progress):
         h, w = lr.shape
@@ -145,7 +184,7 @@ class Pipeline:
         x_sat = x_sat.view(1, 1, h, w)
         corr = self.stages.get("correction")
         down = self.stages.get("downscaling")
-        for group in _groups(ids, self._group_size(h * w * (f * f if down else 1))):
+        for group in _groups(ids, memory.member_group_size(h * w * (f * f if down else 1), self.budget_bytes)):
             if corr:
                 cond = self._cond(corr, x_sat, aux, lr_grid=True)
                 x_corr = sample_ensemble(corr.backend, cond, group, "correction", seed,
@@ -200,23 +239,6 @@ class Pipeline:
             extra.append(a.expand(field.shape[0], 1, *a.shape))
         return torch.cat([field, *extra], dim=1) if extra else field
 
-    def _group_size(self, pixels: int) -> int:
-        """Members sampled together so the full-domain state fits the memory budget."""
-        return max(1, int(self.budget_bytes // (STATE_FIELDS * 4 * pixels)))
-
-
-def check_rates(lr: np.ndarray) -> None:
-    """Refuse fields that are not rain rates: all missing, negative, or absurd (> 1000 mm/h)."""
-    valid = lr[~np.isnan(lr)]
-    if valid.size == 0:
-        raise InputFormatError("input precipitation is all missing (NaN); expected at least one valid pixel")
-    lo, hi = float(valid.min()), float(valid.max())
-    if lo < 0:
-        raise InputFormatError(f"input precipitation has negative rates (min {lo:g} mm/h); expected >= 0 mm/h")
-    if hi > MAX_RATE_MM_H:
-        raise InputFormatError(f"input precipitation has absurd rates (max {hi:g} mm/h); expected <= "
-                               f"{MAX_RATE_MM_H:g} mm/h — is the unit mm/h?")
-
 
 def _finite(rates: torch.Tensor, run: StageRun | None, steps: int | None) -> torch.Tensor:
     """Refuse a stage's output with non-finite rates rather than write them: with too few Heun steps
@@ -248,11 +270,6 @@ def _steps(cfg: SamplerConfig, steps: int | None) -> SamplerConfig:
 def _groups(ids: list[int], size: int):
     for k in range(0, len(ids), size):
         yield ids[k:k + size]
-
-
-def _device(name: str) -> torch.device:
-    from precipfast.train.loop import resolve_device
-    return resolve_device(name)
 
 
 def fine_coords(lat_lr: np.ndarray, lon_lr: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:

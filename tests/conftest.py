@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from precipfast.config import EDMConfig, SamplerConfig, TransformConfig, UNetConfig, to_dict
-from precipfast.train.checkpoint import build_denoiser
+from precipfast.denoiser import build_denoiser
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SHIPPED = Path(__file__).resolve().parents[1] / "precipfast" / "bundles" / "default"
@@ -64,7 +64,7 @@ def tiny_bundle(tmp_path_factory):
 @pytest.fixture()
 def coarse_file(tmp_path):
     """A precipfast input: 2 times of a 12 x 14 coarse field at 0.1 deg with a rain blob and a NaN."""
-    from precipfast.runtime.io_h5 import write_precipfast_input
+    from precipfast.runtime.input_writer import write_precipfast_input
     lat = 40.95 - 0.1 * np.arange(12)
     lon = -100.95 + 0.1 * np.arange(14)
     yy, xx = np.mgrid[0:12, 0:14]

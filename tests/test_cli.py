@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from precipfast.cli import main
-from precipfast.runtime.io_h5 import write_precipfast_input
+from precipfast.runtime.input_writer import write_precipfast_input
 
 FAST = ["--members", "2", "--steps", "2", "--backend", "torch", "--device", "cpu", "--quiet"]
 
@@ -28,7 +28,7 @@ def _one_line_error(res, *fragments):
 
 def test_help_and_version():
     assert "sample" in run("--help").output
-    for cmd in ("sample", "demo", "train", "export", "info", "bench", "evaluate"):
+    for cmd in ("sample", "demo", "train", "export", "info", "bench", "validate"):
         r = run(cmd, "--help")
         assert r.exit_code == 0 and "Usage" in r.output, cmd
     assert "precipfast, version" in run("--version").output

@@ -87,7 +87,10 @@ def test_sampler_recovers_point_mass():
 
 def test_churn_gamma_and_noise_level():
     assert edm.churn_gamma(1.0, 10, 0.0, 0, math.inf) == 0.0
-    assert edm.churn_gamma(1.0, 10, 5.0, 0, math.inf) == pytest.approx(0.5 if 0.5 < math.sqrt(2) - 1 else math.sqrt(2) - 1)
+    # gamma = min(S_churn / N, sqrt(2) - 1) (Karras et al. 2022, Algorithm 2): 1/10 is below the cap,
+    # 5/10 = 0.5 is above it, so the cap 0.41421356... binds.
+    assert edm.churn_gamma(1.0, 10, 1.0, 0, math.inf) == pytest.approx(0.1)
+    assert edm.churn_gamma(1.0, 10, 5.0, 0, math.inf) == pytest.approx(0.41421356237309503)
     assert edm.churn_gamma(1.0, 10, 1.0, 2.0, 3.0) == 0.0  # outside [s_min, s_max]
     x = torch.zeros(20000, dtype=torch.float64)
     eps = torch.randn(20000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

@@ -16,16 +16,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from precipfast.config import EDMConfig, UNetConfig, from_dict, to_dict
+from precipfast.denoiser import build_denoiser, load_weights
 from precipfast.edm import Preconditioned
 from precipfast.errors import EngineMismatchError, InputFormatError
 
 CONFIG_NAME = "config.json"
-
-
-def build_denoiser(unet_cfg: UNetConfig, edm_cfg: EDMConfig) -> Preconditioned:
-    """The EDM-preconditioned U-Net D(x, sigma, cond) for the given configs (random weights)."""
-    from precipfast.train.unet import UNet
-    return Preconditioned(UNet(unet_cfg), edm_cfg.sigma_data, edm_cfg.kind, edm_cfg.denoised_max)
 
 
 def _atomic_json(path: Path, obj: dict) -> None:
@@ -81,24 +76,6 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, which: str = "ema") -> tuple[Pr
     den = build_denoiser(unet_cfg, edm_cfg)
     load_weights(den, Path(ckpt_dir) / f"{which}.safetensors")
     return den.eval(), cfg
-
-
-def load_weights(module: torch.nn.Module, path: Path) -> None:
-    """Load safetensors weights, refusing missing/unexpected keys or shapes with one clear line."""
-    if not path.is_file():
-        raise EngineMismatchError(f"weights file {str(path)!r} is missing")
-    try:
-        state = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types for truncated headers
-        raise EngineMismatchError(f"weights file {str(path)!r} is unreadable ({e})") from None
-    own = module.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    bad = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or bad:
-        raise EngineMismatchError(
-            f"weights {str(path)!r} do not match the network config: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}, wrong shape {bad[:3]}")
-    module.load_state_dict(state)
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, ckpt_dir: str | os.PathLike, cfg: dict) -> None:

@@ -16,22 +16,13 @@ from tqdm import tqdm
 
 from precipfast import _version
 from precipfast.config import (DataConfig, EDMConfig, SamplerConfig, TrainConfig, UNetConfig, to_dict)
+from precipfast.denoiser import build_denoiser, load_weights
 from precipfast.edm import karras_sigmas, sample
 from precipfast.metrics import crps_ensemble, nanmean
-from precipfast.train.checkpoint import (build_denoiser, load_optimizer_state, load_weights, read_config,
-                                         save_checkpoint)
+from precipfast.runtime.device import resolve_device
+from precipfast.train.checkpoint import load_optimizer_state, read_config, save_checkpoint
 from precipfast.train.loss import batch_loss
 from precipfast.transform import inverse
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch sees no CUDA GPU; use --device cpu")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-    return torch.device(device)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

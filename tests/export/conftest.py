@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from precipfast.config import EDMConfig, SamplerConfig, UNetConfig, to_dict
-from precipfast.train.checkpoint import build_denoiser
+from precipfast.denoiser import build_denoiser
 
 TINY = dict(model_channels=8, channel_mult=(1, 2), attn_levels=(1,), channels_per_head=8)
 

@@ -8,8 +8,8 @@ import torch
 from precipfast.config import DataConfig, TrainConfig, to_dict
 from precipfast.errors import EngineMismatchError, InputFormatError, OutputError
 from precipfast.export import parity
-from precipfast.export.bundle import (FORMAT_VERSION, default_bundle_path, export_checkpoints, load_denoisers,
-                                      open_bundle, write_bundle)
+from precipfast.export.bundle import export_checkpoints, write_bundle
+from precipfast.runtime.bundle import FORMAT_VERSION, default_bundle_path, load_denoisers, open_bundle
 from precipfast.train.checkpoint import save_checkpoint
 
 COMMON = dict(name="tiny", model_version="0.0.1", scale_factor=10, pooling="max",
@@ -159,10 +159,12 @@ def test_export_checkpoints(stages, tmp_path):
         export_checkpoints(dirs, tmp_path / "bundle2", onnx=False, parity=False)
 
 
-def test_default_bundle_path():
+def test_default_bundle_path(tmp_path, monkeypatch):
+    from precipfast.runtime import bundle as rb
     p = default_bundle_path(must_exist=False)
     assert p.parts[-3:] == ("precipfast", "bundles", "default")
-    if (p / "manifest.json").is_file():
-        pytest.skip("a default bundle is installed")
-    with pytest.raises(EngineMismatchError, match="no default model bundle"):
+    # An installation without a shipped bundle (a package directory with none): one line saying what to do.
+    monkeypatch.setattr(rb, "_package_dir", lambda: tmp_path)
+    assert default_bundle_path(must_exist=False) == tmp_path / "bundles" / "default"
+    with pytest.raises(EngineMismatchError, match="no default model bundle at .*pass --model BUNDLE"):
         default_bundle_path()

@@ -7,12 +7,13 @@ import torch
 
 from precipfast.config import EDMConfig, SamplerConfig, UNetConfig, to_dict
 from precipfast.errors import BackendUnavailableError, PrecipfastError
-from precipfast.export.bundle import open_bundle, write_bundle
+from precipfast.export.bundle import write_bundle
+from precipfast.runtime.bundle import open_bundle
 from precipfast.export.parity import PARITY_TOL_REL
 from precipfast.runtime import backends as B
-from precipfast.train.checkpoint import build_denoiser
+from precipfast.denoiser import build_denoiser
 
-OPTS = B.BackendOptions(threads=1)
+OPTS = B.BackendOptions(max_batch=8, max_hw=128, threads=1)
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
 
 
@@ -48,33 +49,33 @@ def test_every_registered_name_resolves_or_says_why(bundle):
             assert be(*_inputs()).shape == (3, 1, 37, 53)
         else:
             with pytest.raises(BackendUnavailableError, match=reason.split("(")[0][:30]):
-                B.get_backend(name, bundle, "downscaling", "cpu")
+                B.get_backend(name, bundle, "downscaling", "cpu", options=OPTS)
 
 
 def test_unknown_name_lists_registry(bundle):
     with pytest.raises(B.UnknownBackendError,
-                       match=r"unknown backend 'tensorflow'; available: \['onnxruntime', 'tensorrt', 'torch'\]"):
-        B.get_backend("tensorflow", bundle, "downscaling")
+                       match=r"unknown backend 'tensorflow' \(--backend\); available: \['onnxruntime', 'tensorrt', 'torch'\]"):
+        B.get_backend("tensorflow", bundle, "downscaling", "cpu", options=OPTS)
     with pytest.raises(ValueError):  # also a ValueError: bad input
-        B.get_backend("tensorflow", bundle, "downscaling")
+        B.get_backend("tensorflow", bundle, "downscaling", "cpu", options=OPTS)
 
 
 def test_unknown_stage_and_device(bundle):
     with pytest.raises(PrecipfastError, match=r"stage 'correction' is not in bundle .* \['downscaling'\]"):
-        B.get_backend("torch", bundle, "correction")
+        B.get_backend("torch", bundle, "correction", "cpu", options=OPTS)
     with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda"):
         B.available_backends("tpu")
 
 
 def test_tensorrt_unavailable_says_why(bundle):
     with pytest.raises(BackendUnavailableError, match="tensorrt runs only on CUDA devices"):
-        B.get_backend("tensorrt", bundle, "downscaling", "cpu")
+        B.get_backend("tensorrt", bundle, "downscaling", "cpu", options=OPTS)
     ok, reason = B.available_backends("cuda")["tensorrt"]
     if ok:
         pytest.skip("tensorrt is usable here")
     assert "not importable" in reason or "no CUDA device" in reason
     with pytest.raises(BackendUnavailableError, match="backend 'tensorrt' cannot run on cuda: tensorrt"):
-        B.get_backend("tensorrt", bundle, "downscaling", "cuda")
+        B.get_backend("tensorrt", bundle, "downscaling", "cuda", options=OPTS)
 
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime is not installed")
@@ -87,7 +88,7 @@ def test_auto_order_on_cpu(bundle, monkeypatch):
     assert B.resolve_auto("cpu") == "torch"
     # Asking for it by name never falls back silently.
     with pytest.raises(BackendUnavailableError, match=r"pretend it is missing\. Usable here: \['torch'\]"):
-        B.get_backend("onnxruntime", bundle, "downscaling", "cpu")
+        B.get_backend("onnxruntime", bundle, "downscaling", "cpu", options=OPTS)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
@@ -100,8 +101,8 @@ def test_auto_without_cuda_explains_each_backend():
 @pytest.mark.parametrize("batch,hw", [(1, (40, 56)), (3, (37, 53))])
 def test_torch_and_onnxruntime_agree(bundle, batch, hw):
     x, sigma, cond = _inputs(batch, hw)
-    ref = B.get_backend("torch", bundle, "downscaling", options=OPTS)(x, sigma, cond)
-    out = B.get_backend("onnxruntime", bundle.path, "downscaling", options=OPTS)(x, sigma, cond)  # path works too
+    ref = B.get_backend("torch", bundle, "downscaling", "cpu", options=OPTS)(x, sigma, cond)
+    out = B.get_backend("onnxruntime", bundle.path, "downscaling", "cpu", options=OPTS)(x, sigma, cond)  # path works too
     assert out.dtype == torch.float32 and out.shape == ref.shape
     assert ((out - ref).abs().max() / ref.abs().max()).item() < PARITY_TOL_REL
     sd = bundle.edm("downscaling").sigma_data
@@ -111,7 +112,7 @@ def test_torch_and_onnxruntime_agree(bundle, batch, hw):
 
 def test_options_are_validated():
     with pytest.raises(ValueError, match="max_batch >= 1"):
-        B.BackendOptions(max_batch=0)
+        B.BackendOptions(max_batch=0, max_hw=128)
 
 
 @pytest.mark.gpu
@@ -122,8 +123,9 @@ def test_gpu_backends_match_torch(bundle, name):
     if not ok:
         pytest.skip(why)
     x, sigma, cond = (t.cuda() for t in _inputs(3, (37, 53)))
-    ref = B.get_backend("torch", bundle, "downscaling", "cuda")(x, sigma, cond)
-    out = B.get_backend(name, bundle, "downscaling", "cuda", options=B.BackendOptions(max_hw=64))(x, sigma, cond)
+    ref = B.get_backend("torch", bundle, "downscaling", "cuda", options=OPTS)(x, sigma, cond)
+    opts = B.BackendOptions(max_batch=8, max_hw=64)
+    out = B.get_backend(name, bundle, "downscaling", "cuda", options=opts)(x, sigma, cond)
     torch.cuda.synchronize()
     # TensorRT runs fp16 convolutions (GroupNorm/softmax/preconditioning fp32): ~1e-3 relative is fp16's
     # 2^-11 rounding through ~20 layers; ORT-CUDA with the TensorRT EP also enables fp16.

@@ -8,7 +8,7 @@ from precipfast.config import EDMConfig, SamplerConfig, UNetConfig
 from precipfast.runtime import noise
 from precipfast.runtime.ensemble import Tiling, denoise_domain, evaluations, sample_ensemble
 from precipfast.runtime.tiling import plan_tiles
-from precipfast.train.checkpoint import build_denoiser
+from precipfast.denoiser import build_denoiser
 
 CFG = SamplerConfig(num_steps=4, sigma_max=10.0)
 
@@ -93,15 +93,3 @@ def test_evaluation_count():
 def test_tiling_validation():
     with pytest.raises(ValueError, match="overlap < tile"):
         Tiling(tile=16, overlap=16)
-
-
-def test_auto_max_batch_follows_budget_and_cpu_cap():
-    from precipfast.config import UNetConfig
-    from precipfast.runtime.ensemble import CPU_PIXELS_PER_CALL, auto_max_batch, image_bytes
-    unet = UNetConfig(model_channels=16, channel_mult=(1, 2, 2), attn_levels=(2,))
-    one = image_bytes(unet, 128, 128)
-    assert auto_max_batch(unet, 128, 3 * one, device_type="cuda") == 3          # the budget alone on a GPU
-    assert auto_max_batch(unet, 128, 3 * one, device_type="cpu") == 3
-    assert auto_max_batch(unet, 128, 1000 * one, device_type="cpu") == CPU_PIXELS_PER_CALL // 128 ** 2 == 8
-    assert auto_max_batch(unet, 256, 1000 * one, device_type="cpu") == 2
-    assert auto_max_batch(unet, 128, one // 2, device_type="cpu") == 1           # never below one image

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from precipfast.errors import InputFormatError
-from precipfast.runtime.io_h5 import expected_pixel_check, missing_mask, read_input, write_precipfast_input
+from precipfast.runtime.input_writer import write_precipfast_input
+from precipfast.runtime.io_h5 import expected_pixel_check, missing_mask, read_input
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 V07A = DATA / "fixtures" / "3B-HHR.MS.MRG.3IMERG.20000601-S000000-E002959.0000.V07A.HDF5"

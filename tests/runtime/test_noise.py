@@ -20,8 +20,13 @@ KAT = [
      (0x4DFCCABA, 0x190A87F0, 0xC47362BA, 0xB6B5242A)),
 ]
 
-# Golden values of normal_reference (float64) that pin the documented counter layout and Box-Muller
-# convention: the C port must reproduce them. (seed, member, stage, step, pixel) -> z.
+# Golden values that pin the documented counter layout and Box-Muller convention; the C port must
+# reproduce them. (seed, member, stage, step, pixel) -> z (float64). Produced with the scalar reference,
+# `python -c "from precipfast.runtime import noise; print(repr(noise.normal_reference(*args)))"` (Python
+# ints and `math` only, no torch), at commit 818d7bb, and re-checked when this comment was written. The
+# Philox words underneath are pinned independently by the Random123 KAT above, and
+# `test_golden_value_follows_the_documented_layout` re-derives the first value step by step from the
+# module docstring, so a drift of normal_reference itself would be caught too.
 GOLDEN = [
     ((0, 0, "correction", 0, 0), -0.12151797595308224),
     ((0, 0, "correction", 0, 1), -1.350032659857655),
@@ -32,6 +37,24 @@ GOLDEN = [
     ((2 ** 40 + 5, 29, "downscaling", 24, 24_499_999), -1.5724582267808642),
     ((2 ** 40 + 5, 29, "downscaling", 24, 2 ** 33 + 1), -0.24994801835742655),  # high counter word
 ]
+
+
+def test_golden_value_follows_the_documented_layout():
+    """GOLDEN[1] by hand from the layout in runtime/noise.py's docstring: pixel 1 is lane 1 (sin) of pair 0."""
+    seed, member, stage_id, step, pixel = 0, 0, 0, 0, 1
+    n, lane = pixel >> 1, pixel & 1
+    counter = (n & 0xFFFFFFFF, n >> 32, member, (stage_id << 16) | step)
+    x0, x1, x2, x3 = noise.philox4x32_reference(counter, (seed & 0xFFFFFFFF, seed >> 32))  # KAT-checked
+    a, b = (x0 << 20) | (x1 >> 12), (x2 << 20) | (x3 >> 12)
+    u1, u2 = (2 * a + 1) * 2.0 ** -53, (2 * b + 1) * 2.0 ** -53
+    z = math.sqrt(-2 * math.log(u1)) * (math.sin if lane else math.cos)(6.283185307179586 * u2)
+    assert GOLDEN[1][0] == (0, 0, "correction", 0, 1) and z == pytest.approx(GOLDEN[1][1], rel=1e-15)
+
+
+def test_time_seed_is_the_one_rule_for_time_slices():
+    assert noise.time_seed(7, 0) == 7 and noise.time_seed(7, 2) == 7 + 2 * 2 ** 32
+    with pytest.raises(ValueError, match=r"seed and t in \[0, 2\^32\)"):
+        noise.time_seed(2 ** 32, 0)  # would alias time slice 1 of seed 0
 
 
 def _within_float32_ulp(x32: torch.Tensor, ref64: torch.Tensor) -> bool:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from precipfast._version import __version__
-from precipfast.errors import InputFormatError, OutputError
+from precipfast.errors import OutputError
 from precipfast.runtime import output
-from precipfast.runtime.output import (OutputWriter, check_output_path, ensemble_stats, read_output,
+from precipfast.runtime.output import (OutputWriter, check_output_path, ensemble_stats,
                                        write_output)
 
 xr = pytest.importorskip("xarray")
@@ -167,22 +167,6 @@ def test_no_times_gives_a_step_index(tmp_path):
                         attrs=ATTRS)
     with xr.open_dataset(path, engine="h5netcdf") as ds:
         np.testing.assert_array_equal(ds.time.values, [0, 1])
-
-
-def test_read_output_summary(tmp_path):
-    path = _write(tmp_path / "o.h5")
-    info = read_output(path)
-    assert info["dims"] == {"time": T, "member": E, "threshold": 5, "lat": H, "lon": W, "lat_lr": H // F,
-                            "lon_lr": W // F}
-    assert info["variables"]["precip"]["dims"] == ("time", "member", "lat", "lon")
-    assert info["variables"]["exceedance_probability"]["units"] == "1"
-    assert info["attrs"]["model_name"] == "tiny" and info["attrs"]["steps"] == 18
-    with pytest.raises(InputFormatError, match="does not exist"):
-        read_output(tmp_path / "none.h5")
-    with h5py.File(tmp_path / "other.h5", "w") as f:
-        f["x"] = 1
-    with pytest.raises(InputFormatError, match="has no 'precip'; expected a precipfast output"):
-        read_output(tmp_path / "other.h5")
 
 
 def test_unwritable_directory_detected_even_as_root(tmp_path, monkeypatch):

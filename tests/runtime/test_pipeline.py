@@ -64,9 +64,9 @@ def test_missing_pixels_masked_and_stage_subsets(tiny_bundle):
 
 
 @pytest.mark.parametrize("bad, msg", [
-    (np.full((5, 5), np.nan, np.float32), "all missing"),
-    (-LR - 1, "negative rates"),
-    (LR * 1000, "absurd rates"),
+    (np.full((5, 5), np.nan, np.float32), "is all missing"),
+    (-LR - 1, "negative values"),
+    (LR * 1000, r"rates up to 4\d+ mm/h; expected <= 1000"),
 ])
 def test_bad_fields(tiny_bundle, bad, msg):
     with pytest.raises(InputFormatError, match=msg):

@@ -10,7 +10,8 @@ import torch
 
 from precipfast.errors import InputFormatError
 from precipfast.grid import coarsen, upsample
-from precipfast.runtime.io_h5 import file_sha256, write_precipfast_input
+from precipfast.runtime.input_writer import write_precipfast_input
+from precipfast.runtime.io_h5 import file_sha256
 from precipfast.runtime.output import write_output
 from precipfast.runtime.pipeline import fine_coords
 from precipfast.runtime.verify import BASELINES, format_table, plot_verification, regrid, run, to_json, verify

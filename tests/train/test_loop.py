@@ -6,7 +6,7 @@ from precipfast.config import DataConfig, EDMConfig, SamplerConfig, TrainConfig,
 from precipfast.train.checkpoint import load_checkpoint
 from precipfast.train.loop import lr_at, train
 from precipfast.train.loss import batch_loss
-from precipfast.train.checkpoint import build_denoiser
+from precipfast.denoiser import build_denoiser
 
 TINY = UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(1,), channels_per_head=8)
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from precipfast.config import UNetConfig
-from precipfast.train.unet import UNet, count_flops
+from precipfast.unet import UNet, count_flops
 
 CFG = UNetConfig(model_channels=8, channel_mult=(1, 2, 2), attn_levels=(2,), channels_per_head=8, cond_channels=2)
 
@@ -44,9 +44,9 @@ def test_conditioning_changes_output():
 
 
 def test_config_validation_messages():
-    with pytest.raises(ValueError, match="attn_levels must index levels 0..1"):
+    with pytest.raises(ValueError, match=r"--attn-levels \(unet.attn_levels\) must index levels 0..1"):
         UNetConfig(channel_mult=(1, 2), attn_levels=(2,))
-    with pytest.raises(ValueError, match="model_channels must be a positive multiple of 4"):
+    with pytest.raises(ValueError, match=r"--model-channels \(unet.model_channels\) must be a positive multiple of 4"):
         UNetConfig(model_channels=10)
 
 

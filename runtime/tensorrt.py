@@ -8,8 +8,8 @@ preconditioning c_skip x + c_out F (at sigma = 0.002, c_skip = 1 - 1.6e-5 is not
 I/O tensors stay float32. Engines are cached on disk under a key of GPU name, TensorRT version, bundle
 sha256 and profile, with a config.json-style sidecar; the runtime rebuilds on any mismatch.
 
-Written against the documented API; this repository's CI machine has no GPU, so it runs only where
-`precipfast.runtime.backends.available_backends("cuda")` reports tensorrt as usable.
+Built at run time by the `tensorrt` backend (runtime/backends.py), never shipped in a bundle: an engine
+belongs to one GPU and one TensorRT version. Runs only where `available_backends("cuda")` says so.
 """
 from __future__ import annotations
 
@@ -29,10 +29,10 @@ WORKSPACE_BYTES = 4 << 30  # builder scratch; tactics needing more are skipped, 
 @dataclass(frozen=True)
 class EngineProfile:
     """Shapes and precision an engine is built for."""
-    in_channels: int = 1                    # channels of x
-    cond_channels: int = 1                  # channels of cond
-    max_batch: int = 16                     # largest batch (also the tuning batch)
-    max_hw: int = 256                       # largest tile edge (also the tuning tile)
+    in_channels: int                        # channels of x
+    cond_channels: int                      # channels of cond
+    max_batch: int                          # largest batch (also the tuning batch): the run's images per call
+    max_hw: int                             # largest tile edge (also the tuning tile): the run's --tile
     min_hw: int = 1                         # smallest tile edge (edge tiles of small domains)
     fp16: bool = True                       # fp16 kernels, with the float32 islands listed above
 

@@ -3,8 +3,10 @@ import h5py
 import numpy as np
 import pytest
 
-from precipfast.runtime.job import SampleOptions, run_sample
-from precipfast.runtime.pipeline import STATE_FIELDS, Pipeline
+from precipfast.options import SampleOptions
+from precipfast.runtime.memory import STATE_FIELDS
+from precipfast.runtime.pipeline import Pipeline
+from precipfast.runtime.sample_job import run_sample
 
 
 def _members(path):
@@ -13,13 +15,13 @@ def _members(path):
 
 
 def test_groups_of_one_member_write_the_same_file_as_one_group(tiny_bundle, coarse_file, tmp_path):
-    base = dict(members=3, steps=3, seed=5, backend="torch", device="cpu", max_batch=1)
-    whole = run_sample(coarse_file, tmp_path / "whole.h5", tiny_bundle, SampleOptions(**base), quiet=True)
+    base = dict(model=str(tiny_bundle), members=3, steps=3, seed=5, backend="torch", device="cpu", max_batch=1,
+                quiet=True)
+    whole = run_sample(coarse_file, tmp_path / "whole.h5", SampleOptions(**base))
     # A budget of 1.5 members: the state of one 120 x 140 member (STATE_FIELDS float32 fields), not two.
     one_px = 120 * 140 * 4 * STATE_FIELDS
     budget_gb = 1.5 * one_px / 1024 ** 3
-    split = run_sample(coarse_file, tmp_path / "split.h5", tiny_bundle,
-                       SampleOptions(**base, memory_gb=budget_gb), quiet=True)
+    split = run_sample(coarse_file, tmp_path / "split.h5", SampleOptions(**base, memory_gb=budget_gb))
     assert whole["members"] == split["members"] == 3
     for a, b in zip(_members(tmp_path / "whole.h5"), _members(tmp_path / "split.h5")):
         np.testing.assert_array_equal(a, b)  # same images per call: bit-identical
@@ -30,22 +32,21 @@ def test_groups_of_one_member_write_the_same_file_as_one_group(tiny_bundle, coar
 def test_member_groups_follow_the_budget(tiny_bundle):
     pixels = 120 * 140
     one = STATE_FIELDS * 4 * pixels
-    pipe = Pipeline.from_bundle(tiny_bundle, backend="torch", device="cpu", memory_budget_gb=2.5 * one / 1024 ** 3)
-    assert pipe._group_size(pixels) == 2
-    lr = np.ones((12, 14), np.float32)
-    groups = [g["members"] for g in pipe.iter_member_groups(lr, 5, 2, seed=0)]
+    pipe = Pipeline.from_bundle(tiny_bundle, backend="torch", device="cpu", memory_gb=2.5 * one / 1024 ** 3)
+    lr = np.ones((1, 12, 14), np.float32)
+    groups = [g["members"] for _, g in pipe.iter_groups(lr, None, None, pipe.options.replace(members=5, steps=2))]
     assert groups == [[0, 1], [2, 3], [4]]
 
 
-def test_bad_field_is_refused_before_the_first_group(tiny_bundle):
+def test_bad_field_is_refused_before_any_sampling(tiny_bundle):
     from precipfast.errors import InputFormatError
     pipe = Pipeline.from_bundle(tiny_bundle, backend="torch", device="cpu")
     with pytest.raises(InputFormatError, match="negative"):
-        pipe.iter_member_groups(-np.ones((12, 14), np.float32), 2, 2, seed=0)  # no next() needed
+        pipe.prepare(-np.ones((12, 14), np.float32))
 
 
 def test_memory_budget_must_be_positive():
-    with pytest.raises(ValueError, match="memory-gb"):
+    with pytest.raises(ValueError, match=r"--memory-gb must be in \[0.0001, 100000\] GiB, got 0"):
         SampleOptions(memory_gb=0)
 
 
@@ -60,13 +61,12 @@ def test_progress_counts_every_image_the_backend_denoises(tiny_bundle):
 
 
 def test_progress_bar_on_stderr_names_the_stage_and_time(tiny_bundle, coarse_file, tmp_path, capsys):
-    run_sample(coarse_file, tmp_path / "p.h5", tiny_bundle,
-               SampleOptions(members=2, steps=2, backend="torch", device="cpu"), quiet=False)
+    opts = SampleOptions(model=str(tiny_bundle), members=2, steps=2, backend="torch", device="cpu")
+    run_sample(coarse_file, tmp_path / "p.h5", opts)
     err = capsys.readouterr().err
     # tqdm redraws at most every 0.1 s, so the quick correction stage may never be drawn.
     assert "time 1/2 " in err and "time 2/2 downscaling (member x tile x evaluation)" in err and "100%" in err
-    run_sample(coarse_file, tmp_path / "q.h5", tiny_bundle,
-               SampleOptions(members=2, steps=2, backend="torch", device="cpu"), quiet=True)
+    run_sample(coarse_file, tmp_path / "q.h5", opts.replace(quiet=True))
     assert capsys.readouterr().err == ""
 
 
@@ -77,6 +77,6 @@ def test_a_diverged_run_leaves_no_output(tiny_bundle, coarse_file, tmp_path, mon
     monkeypatch.setattr(pl, "sample_ensemble", lambda *a, **k: real(*a, **k) * 1e9)  # exp() overflows
     out = tmp_path / "ens.h5"
     with pytest.raises(SamplingError, match="correction stage diverged"):
-        run_sample(coarse_file, out, tiny_bundle, SampleOptions(members=2, steps=2, backend="torch", device="cpu"),
-                   quiet=True)
+        run_sample(coarse_file, out, SampleOptions(model=str(tiny_bundle), members=2, steps=2, backend="torch",
+                                                   device="cpu", quiet=True))
     assert not out.exists() and not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))

@@ -1,4 +1,4 @@
-"""Verification (runtime/evaluate.py, the RAPSD in precipfast/metrics.py): closed forms for the spectrum,
+"""Verification (train/validate.py, the RAPSD in precipfast/metrics.py): closed forms for the spectrum,
 an end-to-end run on a tiny random bundle, and the shipped bundle's skill on held-out radar (pySTEPS
 style: the test asserts skill, not only shapes)."""
 import json
@@ -10,7 +10,13 @@ import torch
 
 from precipfast.grid import coarsen, upsample
 from precipfast.metrics import pearson, psd_band_ratio, psd_radial
-from precipfast.runtime.evaluate import evaluate
+from precipfast.options import ValidateOptions
+from precipfast.train.validate import validate
+
+
+def run_validate(model, data, **kw):
+    """validate() with the options object built as `precipfast validate` builds it."""
+    return validate(ValidateOptions(model=str(model), data=str(data), **kw))
 
 
 # ---------------------------------------------------------------------------------------------- closed forms
@@ -83,12 +89,13 @@ KEYS = {"crps", "crps_fair", "ens_mean_mae", "ens_mean_rmse", "ens_mean_corr", "
 
 
 @pytest.mark.data
-@pytest.mark.parametrize("mode", ["downscaling", "full"])
-def test_evaluate_tiny_bundle_returns_every_score_and_writes_files(tiny_bundle, shared_data, tmp_path, mode):
-    out = tmp_path / mode
-    r = evaluate(tiny_bundle, shared_data, source="mrms/region_3", frames=(0, -1), members=2, steps=2,
-                 seed=3, mode=mode, backend="torch", device="cpu", crop=65, out_dir=out)
-    assert r["frames"] == [0, 35] and r["crop_px"] == 60 and r["mode"] == mode
+@pytest.mark.parametrize("stages", ["downscaling", "correction,downscaling"])
+def test_validate_tiny_bundle_returns_every_score_and_writes_files(tiny_bundle, shared_data, tmp_path, stages):
+    out = tmp_path / stages
+    mode = "full" if "correction" in stages else "downscaling"
+    r = run_validate(tiny_bundle, shared_data, source="mrms/region_3", frames=(0, -1), members=2, steps=2,
+                 seed=3, stages=stages, backend="torch", device="cpu", crop=65, out=str(out))
+    assert r["frames"] == [0, 35] and r["crop_px"] == 60 and r["stages"] == stages.split(",")
     assert len(r["per_frame"]) == 2 and [w["size_px"] for w in r["windows"]] == [60, 60]
     keys = KEYS | ({"corrected_lr_crps", "input_lr_mae"} if mode == "full" else set())
     for scores in (r["aggregate"], *r["per_frame"]):
@@ -96,35 +103,37 @@ def test_evaluate_tiny_bundle_returns_every_score_and_writes_files(tiny_bundle, 
         # random weights give wild but finite rain; correlation may be NaN only for a constant field
         assert all(math.isfinite(scores[k]) for k in keys - {"ens_mean_corr", "bilinear_corr"})
         assert scores["member_min_mm_h"] >= 0
-    assert isinstance(r["beats_bilinear"], bool)
+    assert r["beats_bilinear"] is (r["aggregate"]["crps"] < r["aggregate"]["bilinear_mae"])
     n = len(r["psd"]["wavelength_km"])
     assert n == 30 and all(len(r["psd"][k]) == n for k in ("truth", "members", "bilinear"))
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["aggregate"]["bilinear_mae"] == pytest.approx(r["aggregate"]["bilinear_mae"])
-    assert (out / "evaluate.png").stat().st_size > 10_000
+    assert (out / "validate.png").stat().st_size > 10_000
     # Same seed, same numbers (noise is a pure function of seed, member, stage, step, pixel).
-    again = evaluate(tiny_bundle, shared_data, frames=(0,), members=2, steps=2, seed=3, mode=mode,
+    again = run_validate(tiny_bundle, shared_data, frames=(0,), members=2, steps=2, seed=3, stages=stages,
                      backend="torch", device="cpu", crop=60)
     assert again["per_frame"][0]["crps"] == pytest.approx(r["per_frame"][0]["crps"], rel=1e-6)
 
 
 @pytest.mark.data
-def test_evaluate_finds_nan_free_windows_in_fmi(tiny_bundle, shared_data):
-    r = evaluate(tiny_bundle, shared_data, source="fmi/fmi_20160928", frames=(-1,), members=2, steps=2,
+def test_validate_finds_nan_free_windows_in_fmi(tiny_bundle, shared_data):
+    r = run_validate(tiny_bundle, shared_data, source="fmi/fmi_20160928", frames=(-1,), members=2, steps=2,
                  backend="torch", device="cpu", crop=50)
     assert r["windows"][0]["frame"] == 19 and math.isfinite(r["aggregate"]["crps"])
 
 
 @pytest.mark.data
-def test_evaluate_rejects_bad_arguments(tiny_bundle, shared_data):
-    with pytest.raises(ValueError, match="mode must be one of"):
-        evaluate(tiny_bundle, shared_data, mode="bogus")
-    with pytest.raises(ValueError, match="frame 99 is out of range"):
-        evaluate(tiny_bundle, shared_data, frames=(99,), backend="torch", device="cpu")
-    with pytest.raises(ValueError, match="members must be >= 2"):
-        evaluate(tiny_bundle, shared_data, members=1)
-    with pytest.raises(ValueError, match="crop must be >= 40"):
-        evaluate(tiny_bundle, shared_data, crop=20, backend="torch", device="cpu")
+def test_validate_rejects_bad_arguments(tiny_bundle, shared_data):
+    with pytest.raises(ValueError, match="--stages must be a comma list"):
+        run_validate(tiny_bundle, shared_data, stages="bogus")
+    with pytest.raises(ValueError, match="--stages must include downscaling"):
+        run_validate(tiny_bundle, shared_data, stages="correction")
+    with pytest.raises(ValueError, match="--frames 99 is out of range"):
+        run_validate(tiny_bundle, shared_data, frames=(99,), backend="torch", device="cpu")
+    with pytest.raises(ValueError, match=r"--members must be in \[2, 10000\], got 1"):
+        run_validate(tiny_bundle, shared_data, members=1)
+    with pytest.raises(ValueError, match="--crop must be >= 40"):
+        run_validate(tiny_bundle, shared_data, crop=20, backend="torch", device="cpu")
 
 
 # ---------------------------------------------------------------------------------------------- skill
@@ -135,8 +144,8 @@ def test_shipped_bundle_has_skill_on_held_out_radar(shipped_bundle, shared_data)
     Ceilings, as pysteps' tests: CRPS below bilinear's MAE (a deterministic forecast's CRPS is its MAE),
     calibrated spread within a factor 3, rain never negative, and the 2-20 km power nearer the radar's
     than bilinear's (compared as |log ratio|: a factor 2 too much and too little are equally wrong)."""
-    r = evaluate(shipped_bundle, shared_data, source="mrms/region_3", frames=(0, 35), members=8, steps=8,
-                 seed=0, mode="downscaling", backend="auto", device="cpu", crop=200)
+    r = run_validate(shipped_bundle, shared_data, source="mrms/region_3", frames=(0, 35), members=8, steps=8,
+                 seed=0, stages="downscaling", backend="auto", device="cpu", crop=200)
     a = r["aggregate"]
     assert a["crps"] < a["bilinear_mae"], a
     assert r["beats_bilinear"]

@@ -2,9 +2,9 @@
 
 Truth is 1 km radar from a held-out source (mrms/region_3 is the training's validation region; the last
 frames of the FMI/BoM sources are validation too), cut to a NaN-free window whose edge is a multiple of
-the bundle's scale factor. The input is that truth coarsened with the bundle's pooling; mode "full" also
-degrades it with the satellite-error model of train/degrade.py and runs both stages, mode "downscaling"
-runs the fine stage alone on the clean coarse field. Scores follow pySTEPS' verification (Pulkkinen et
+the bundle's scale factor. The input is that truth coarsened with the bundle's pooling; with the
+correction stage among `--stages` it is also degraded with the satellite-error model of train/degrade.py
+and both stages run, with `--stages downscaling` the fine stage runs alone on the clean coarse field. Scores follow pySTEPS' verification (Pulkkinen et
 al. 2019, pysteps.verification): ensemble CRPS (Gneiting & Raftery 2007), ensemble-mean MAE/RMSE/Pearson,
 spread/skill (Fortin et al. 2014), and the radially averaged power spectrum (RAPSD) at 2-20 km, against
 bilinear (and nearest) upsampling of the same coarse input. The ensemble has skill when its CRPS is below
@@ -22,45 +22,42 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from precipfast.config import DEFAULT_TILE, DegradationConfig
+from precipfast.config import DegradationConfig
 from precipfast.grid import coarsen, upsample
 from precipfast.metrics import (crps_ensemble, mae, nanmean, pearson, psd_band_ratio, psd_radial, rmse,
                                 spread_skill)
+from precipfast.options import ValidateOptions
 
-MODES = ("downscaling", "full")
 BAND_KM = (2.0, 20.0)   # scales interpolation cannot recover and the ensemble must (MISSION.md)
 WET_MM_H = 0.1          # "wet" threshold of shared/data/README.md; picks the window to verify
 
 
-def evaluate(bundle_path=None, data_dir="../shared/data", *, source: str = "mrms/region_3",
-             frames: Sequence[int] = (0, 17, 35), members: int = 8, steps: int | None = 10, seed: int = 0,
-             mode: str = "downscaling", backend: str = "auto", device: str = "auto", crop: int | None = None,
-             tile: int = DEFAULT_TILE, out_dir=None, degradation: DegradationConfig | None = None,
+def validate(opts: ValidateOptions = ValidateOptions(), *, degradation: DegradationConfig | None = None,
              progress: Callable[[str], None] | None = None) -> dict:
-    """Verify the bundle's ensemble on `frames` of radar `source`; see the module docstring.
+    """Verify the bundle's ensemble on `opts.frames` of radar `opts.source`; see the module docstring.
 
-    crop: window edge in 1 km pixels (rounded down to a multiple of the scale factor); each frame uses its
-    wettest NaN-free window of that size. None = the whole frame, or, where it has missing data, the
-    largest NaN-free square. Returns per-frame and aggregate scores (mm/h), the mean spectra and
-    "beats_bilinear" (aggregate CRPS < bilinear MAE); with out_dir, also writes metrics.json and
-    evaluate.png there."""
+    opts.crop: window edge in 1 km pixels (rounded down to a multiple of the scale factor); each frame uses
+    its wettest NaN-free window of that size. None = the whole frame, or, where it has missing data, the
+    largest NaN-free square. Frame t is sampled with `noise.time_seed(seed, t)`. Returns per-frame and
+    aggregate scores (mm/h), the mean spectra and "beats_bilinear" (aggregate CRPS < bilinear MAE); with
+    opts.out, also writes metrics.json and validate.png there."""
+    from precipfast.runtime.noise import time_seed
     from precipfast.runtime.pipeline import Pipeline
-    from precipfast.train.data import load_source
+    from precipfast.train.sources import load_source
     from precipfast.train.degrade import degrade
 
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if members < 2:
-        raise ValueError(f"members must be >= 2 (spread and CRPS need an ensemble), got {members}")
     say = progress or (lambda msg: None)
     t_start = time.perf_counter()
-    field = load_source(data_dir, source)
-    frame_ids = _frame_ids(frames, field.shape[0], source)
-    pipe = Pipeline.from_bundle(bundle_path, backend, device, tile=tile,
-                                stages=["downscaling"] if mode == "downscaling" else ["correction", "downscaling"])
+    source, members, seed = opts.source, opts.members, opts.seed
+    field = load_source(opts.data, source, None)  # native frames: --frames index the source's own scans
+    frame_ids = _frame_ids(opts.frames, field.shape[0], source)
+    pipe = Pipeline.from_options(opts.sample_options())
+    if "downscaling" not in pipe.stages:
+        raise ValueError(f"bundle {pipe.bundle.path} has no downscaling stage; validate scores the 1 km field")
+    full = "correction" in pipe.stages
     f, pooling = pipe.scale_factor, pipe.bundle.manifest["pooling"]
     deg_cfg = degradation or DegradationConfig()
-    size = _window_size([field[t] for t in frame_ids], crop, f)
+    size = _window_size([field[t] for t in frame_ids], opts.crop, f)
 
     truth, lr_in, lr_clean, windows, out, lr_corr = [], [], [], [], [], []
     t_sample = 0.0
@@ -68,12 +65,12 @@ def evaluate(bundle_path=None, data_dir="../shared/data", *, source: str = "mrms
         (r0, c0), hr = _wettest_window(field[t], size)
         lr = coarsen(hr, f, pooling)
         x_in = lr
-        if mode == "full":  # the satellite-error model, a fixed generator per (seed, frame)
+        if full:  # the satellite-error model, a fixed generator per (seed, frame)
             gen = torch.Generator().manual_seed(seed * 1_000_003 + t)
             x_in = degrade(torch.from_numpy(lr), deg_cfg, gen).numpy()
-        say(f"evaluate: {source} frame {t}, window ({r0}, {c0}) {size}x{size} km, {members} members")
+        say(f"validate: {source} frame {t}, window ({r0}, {c0}) {size}x{size} km, {members} members")
         t0 = time.perf_counter()
-        res = pipe.sample_field(x_in, members, steps, seed + (t << 32))
+        res = pipe.sample_field(x_in, members, opts.steps, time_seed(seed, t))
         t_sample += time.perf_counter() - t0
         truth.append(hr)
         lr_in.append(x_in)
@@ -91,7 +88,6 @@ def evaluate(bundle_path=None, data_dir="../shared/data", *, source: str = "mrms
     areal = upsample(coarsen(y, f, "mean")[:, None], f, "bilinear")[:, 0]
     corr = torch.from_numpy(np.stack(lr_corr, axis=1))                      # (E, T, h, w)
     lr_y = torch.from_numpy(np.stack(lr_clean))                             # (T, h, w) coarse truth
-    full = mode == "full"
     per_frame = [dict(frame=t, **_scores(ens[:, k], y[k], bil[k], near[k], areal[k],
                                          (corr[:, k], lr_y[k], lr_t[k, 0]) if full else None))
                  for k, t in enumerate(frame_ids)]
@@ -101,21 +97,22 @@ def evaluate(bundle_path=None, data_dir="../shared/data", *, source: str = "mrms
                "bilinear": psd_radial(bil)[1].tolist()}
     result = {
         "bundle": pipe.bundle.name, "bundle_path": str(pipe.bundle.path), "bundle_sha256": pipe.bundle.sha256,
-        "source": source, "frames": frame_ids, "mode": mode, "members": members, "steps": steps, "seed": seed,
+        "source": source, "frames": frame_ids, "stages": list(pipe.stages), "members": members,
+        "steps": opts.steps, "seed": seed,
         "backend": pipe.backend_name, "device": str(pipe.device), "pooling": pooling, "scale_factor": f,
         "crop_px": size, "band_km": list(BAND_KM), "windows": windows,
-        "degradation": _asdict(deg_cfg) if mode == "full" else None,
+        "degradation": _asdict(deg_cfg) if full else None,
         "aggregate": aggregate, "per_frame": per_frame, "psd": spectra,
         "beats_bilinear": bool(aggregate["crps"] < aggregate["bilinear_mae"]),
         "seconds": {"sampling": round(t_sample, 3), "total": round(time.perf_counter() - t_start, 3)},
     }
-    if out_dir is not None:
-        out_path = Path(out_dir)
+    if opts.out is not None:
+        out_path = Path(opts.out)
         out_path.mkdir(parents=True, exist_ok=True)
         k = int(torch.argmax(y.mean(dim=(-2, -1))))  # plot the wettest frame
-        plot_evaluation(out_path / "evaluate.png", y[k].numpy(), lr_t[k, 0].numpy(), bil[k].numpy(),
+        plot_validation(out_path / "validate.png", y[k].numpy(), lr_t[k, 0].numpy(), bil[k].numpy(),
                         ens[:, k].numpy(), spectra, title=f"{pipe.bundle.name}: {source} frame {frame_ids[k]}, "
-                        f"{mode}, {members} members, CRPS {per_frame[k]['crps']:.3f} vs bilinear MAE "
+                        f"{','.join(pipe.stages)}, {members} members, CRPS {per_frame[k]['crps']:.3f} vs bilinear MAE "
                         f"{per_frame[k]['bilinear_mae']:.3f} mm/h")
         result["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
         (out_path / "metrics.json").write_text(json.dumps(_json_safe(result), indent=2) + "\n")
@@ -157,7 +154,7 @@ def _frame_ids(frames: Sequence[int], n: int, source: str) -> list[int]:
     ids = []
     for t in frames:
         if not -n <= int(t) < n:
-            raise ValueError(f"frame {t} is out of range for {source}, which has {n} frames (0..{n - 1})")
+            raise ValueError(f"--frames {t} is out of range for {source}, which has {n} frames (0..{n - 1})")
         ids.append(int(t) % n)
     if not ids:
         raise ValueError("frames must name at least one frame")
@@ -172,11 +169,11 @@ def _window_size(fields: list[np.ndarray], crop: int | None, factor: int) -> int
     if crop is not None:
         size = int(crop) // factor * factor
         if size < 4 * factor:
-            raise ValueError(f"crop must be >= {4 * factor} px (4 coarse pixels), got {crop}")
+            raise ValueError(f"--crop must be >= {4 * factor} px (4 coarse pixels), got {crop}")
         if size > cap:
-            raise ValueError(f"crop {crop} px is larger than the frame ({h}x{w}); at most {cap}")
+            raise ValueError(f"--crop {crop} px is larger than the frame ({h}x{w}); at most {cap}")
         if not all(_nan_free_origins(fl, size).size for fl in fields):
-            raise ValueError(f"no NaN-free {size}x{size} window in some frame; choose a smaller crop")
+            raise ValueError(f"no NaN-free {size}x{size} window in some frame; choose a smaller --crop")
         return size
     if all(np.isfinite(fl[:h // factor * factor, :w // factor * factor]).all() for fl in fields):
         return cap
@@ -234,7 +231,7 @@ def _json_safe(x):
     return x
 
 
-def plot_evaluation(path, truth: np.ndarray, lr: np.ndarray, bilinear: np.ndarray, members: np.ndarray,
+def plot_validation(path, truth: np.ndarray, lr: np.ndarray, bilinear: np.ndarray, members: np.ndarray,
                     spectra: dict, title: str = "") -> Path:
     """PNG: truth, coarse input, bilinear, two members, ensemble mean, ensemble std (all (H, W) mm/h but
     lr (h, w)) and the RAPSD of truth, mean member and bilinear (log-log, the 2-20 km band shaded)."""
