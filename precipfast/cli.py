@@ -204,6 +204,29 @@ def validate(**settings):
     click.echo(json.dumps(summary(run_validate(opts, progress=progress)), indent=2))
 
 
+# ---------------------------------------------------------------------------- evaluate
+@main.command()
+@click.argument("ensemble_path", metavar="ENSEMBLE")
+@click.option("--truth", "truth_path", required=True, help="1 km truth file on the ensemble's grid (or larger).")
+@click.option("--input", "input_path", default=None,
+              help="The coarse input (default: the file recorded in ENSEMBLE, refused if it changed).")
+@click.option("--variable", default=None, help="Dataset path of the input's precipitation, when not detected.")
+@click.option("--truth-variable", default=None, help="Dataset path of the truth's precipitation, when not detected.")
+@click.option("--json", "json_path", default=None, help="Also write every score as JSON here.")
+@click.option("--plots", "plots_dir", default=None, help="Folder for verification.png.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@_friendly
+def evaluate(ensemble_path, truth_path, input_path, variable, truth_variable, json_path, plots_dir, quiet):
+    """Verify an ensemble written by `sample` against your own 1 km truth: fair CRPS, MAE/RMSE of the mean,
+    bias, correlation, spread/skill, rank histogram, power spectra, fractions skill score, each beside
+    bilinear/nearest of the input and bilinear of the mean-pooled truth. Prints a table."""
+    from precipfast.runtime.verify import format_table, run
+    progress = None if quiet else (lambda msg: click.echo(msg, err=True))
+    result = run(ensemble_path, truth_path, json_path=json_path, plots_dir=plots_dir, input_path=input_path,
+                 variable=variable, truth_variable=truth_variable, progress=progress)
+    click.echo(format_table(result))
+
+
 # ---------------------------------------------------------------------------- bench
 @main.command()
 @options_of(BenchOptions)

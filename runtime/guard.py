@@ -48,7 +48,9 @@ def check_members(precip: np.ndarray, lr_mm_h: np.ndarray, factor: int, ratio: f
     h, w = hh // factor, ww // factor
     bound = bound_mm_h(lr_mm_h, ratio, reach)
     p = torch.from_numpy(precip).view(e, h, factor, w, factor)
-    over = p > bound.view(1, h, 1, w, 1)
+    # 0.1 % + 0.01 mm/h of float32 slack: a stage clamped exactly at its bound lands on the bound
+    # only up to the round-off of expm1 and the tile blending.
+    over = p > bound.view(1, h, 1, w, 1) * (1 + 1e-3) + 0.01
     if not bool(over.any()):
         return
     n = int(over.sum())

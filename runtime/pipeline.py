@@ -20,7 +20,7 @@ from precipfast.config import STAGES, SamplerConfig
 from precipfast.errors import InputFormatError, SamplingError
 from precipfast.grid import upsample
 from precipfast.options import SampleOptions
-from precipfast.runtime import memory
+from precipfast.runtime import guard, memory
 from precipfast.runtime.ensemble import Tiling, sample_ensemble
 from precipfast.runtime.noise import time_seed
 from precipfast.runtime.rates import rate_problem
@@ -70,6 +70,8 @@ class Pipeline:
     def __init__(self, bundle, stages: dict[str, StageRun], device: torch.device, backend_name: str,
                  options: SampleOptions, budget_bytes: int):
         self.bundle, self.stages, self.device, self.backend_name = bundle, stages, device, backend_name
+        # the physical guard's ratio: the stages' trained residual bounds (runtime/guard.py)
+        self.guard_ratio = guard.ratio_bound([bundle.edm(s).denoised_max for s in stages])
         self.options, self.budget_bytes = options, budget_bytes
         m = bundle.manifest
         self.transform = bundle.transform
@@ -208,6 +210,8 @@ class Pipeline:
                 fine_missing = missing.repeat_interleave(f, 0).repeat_interleave(f, 1)
                 precip = _masked(_finite(inverse(x_fin, self.transform), down, steps), fine_missing)[:, 0].cpu().numpy()
                 del x_fin
+            guard.check_members(precip, lr, f if down else 1, self.guard_ratio, reach=2 if corr and down else 1,
+                                what=" + ".join(self.stages) + " ensemble")
             yield {"members": group, "precip": precip, "corrected_lr": corrected}
 
     def images_per_field(self, height: int, width: int, members: int, steps: int | None = None) -> int:

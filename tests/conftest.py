@@ -41,11 +41,12 @@ def shipped_bundle():
 def _tiny_stage(seed, attn=(1,)):
     torch.manual_seed(seed)
     unet = UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=attn, channels_per_head=8)
-    den = build_denoiser(unet, EDMConfig(sigma_data=0.5))
+    edm = EDMConfig(sigma_data=0.5, denoised_max=2.0)   # bounded like a trained stage (EDMConfig)
+    den = build_denoiser(unet, edm)
     with torch.no_grad():  # EDM's zero init would make D = c_skip x: re-draw so F matters
         for p in den.parameters():
             p.normal_(0.0, 0.1)
-    cfg = {"unet": to_dict(unet), "edm": to_dict(EDMConfig(sigma_data=0.5)),
+    cfg = {"unet": to_dict(unet), "edm": to_dict(edm),
            "sampler": to_dict(SamplerConfig(num_steps=4, sigma_max=10.0))}
     return den.eval(), cfg
 
