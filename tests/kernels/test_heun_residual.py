@@ -245,3 +245,16 @@ def test_sampler_with_each_step_equals_sampler_with_reference(cfg, device):
         torch.testing.assert_close(got, ref, **(EXACT if dev == "cpu" else {"rtol": 1e-4, "atol": 1e-4}))
         got = sample_ensemble(*a, step_impl=get_step_impl(dev, impl), transform=TR, **kw_dev).cpu()
         torch.testing.assert_close(got, ref_mm_h, **(EXPM1 if dev == "cpu" else {"rtol": 1e-4, "atol": 1e-4}))
+
+
+def test_sampler_takes_its_step_from_the_registry(monkeypatch):
+    """With no step_impl, the sampler asks `get_step_impl(cond.device)`: $PRECIPFAST_STEP reaches it."""
+    cond = torch.rand(1, 1, 6, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    args = (_den64, cond, [1], "correction", 2, SamplerConfig(num_steps=3, sigma_max=5.0), Tiling(tile=8, overlap=2))
+    monkeypatch.setenv(hr.STEP_ENV, "no-such-step")
+    with pytest.raises(ValueError, match=r"'no-such-step' \(\$PRECIPFAST_STEP\)"):
+        sample_ensemble(*args)
+    monkeypatch.setenv(hr.STEP_ENV, "reference")
+    forced = sample_ensemble(*args)
+    monkeypatch.delenv(hr.STEP_ENV)
+    torch.testing.assert_close(sample_ensemble(*args), forced, **EXACT)  # the default (in place) agrees
