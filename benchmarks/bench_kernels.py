@@ -175,10 +175,11 @@ def memory_child(impl: str, members: int, hw, steps: int, denoiser: str) -> dict
         from precipfast.export.bundle import load_denoisers
         net = load_denoisers()["downscaling"]
         den = torch.inference_mode()(net.forward)
-    else:  # an element-wise stand-in: isolates the sampler's own state from a network's working set
+    else:  # an element-wise stand-in that isolates the sampler's own state from a network's working set:
+        # the exact denoiser of Gaussian data N(tanh(cond), 0.5^2), D = mu + (x - mu) sd^2 / (sigma^2 + sd^2)
         def den(x, sigma, cond):
-            s = sigma.view(-1, 1, 1, 1)
-            return x / (1 + s * s) + torch.tanh(cond)
+            s2, mu = sigma.view(-1, 1, 1, 1) ** 2, torch.tanh(cond)
+            return mu + (x - mu) * (0.25 / (s2 + 0.25))
     cond = torch.rand(1, 1, *hw, generator=torch.Generator().manual_seed(0))
     cfg = SamplerConfig(num_steps=steps, sigma_max=80.0)
     before = _vm("VmRSS")
@@ -194,14 +195,20 @@ def memory_child(impl: str, members: int, hw, steps: int, denoiser: str) -> dict
             "mean_mm_h": float(out.mean())}
 
 
-def bench_memory(impls, hw, steps: int, denoiser: str, member_counts) -> list[dict]:
+def bench_memory(impls, hw, steps: int, denoiser: str, member_counts, mmap_threshold: int | None) -> list[dict]:
+    """Each run in a fresh process. mmap_threshold (bytes) sets glibc's MALLOC_MMAP_THRESHOLD_ there:
+    every larger allocation is then its own mapping, returned to the system when freed, so the peak RSS
+    follows the live tensors; glibc's default threshold adapts upwards after the first free of a big
+    block and serves later ones from a heap that keeps freed memory resident."""
+    env = dict(os.environ, **({"MALLOC_MMAP_THRESHOLD_": str(mmap_threshold)} if mmap_threshold else {}))
     recs = []
     for impl in impls:
         for m in member_counts:
             cmd = [sys.executable, "-m", "precipfast.benchmarks.bench_kernels", "--mode", "memory-child", "--impls",
                    impl, "--members", str(m), "--hw", *map(str, hw), "--steps", str(steps), "--denoiser", denoiser]
-            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
             recs.append({"bench": "kernels", "mode": "memory", "hw": list(hw), "steps": steps, "denoiser": denoiser,
+                         "malloc_mmap_threshold": mmap_threshold or "glibc default",
                          **json.loads(res.stdout.strip().splitlines()[-1])})
     for impl in impls:  # the slope: what one more member costs, in full-size float32 fields
         rows = sorted((r for r in recs if r["impl"] == impl), key=lambda r: r["members"])
@@ -227,6 +234,7 @@ def main(argv=None) -> int:
     ap.add_argument("--member-counts", type=int, nargs="+", default=[1, 2], help="memory mode: members per run")
     ap.add_argument("--hw", type=int, nargs=2, default=(1500, 1500))
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--mmap-threshold", type=int, help="memory mode: glibc MALLOC_MMAP_THRESHOLD_ in bytes")
     ap.add_argument("--denoiser", choices=["stand-in", "shipped"], default="stand-in")
     ap.add_argument("--backend", default="auto")
     a = ap.parse_args(argv)
@@ -241,7 +249,8 @@ def main(argv=None) -> int:
     elif a.mode == "share":
         recs = bench_share(a.device, impls, a.members, tuple(a.hw), a.steps, a.backend)
     else:
-        recs = bench_memory([i for i in impls if i != "triton"], tuple(a.hw), a.steps, a.denoiser, a.member_counts)
+        recs = bench_memory([i for i in impls if i != "triton"], tuple(a.hw), a.steps, a.denoiser, a.member_counts,
+                            a.mmap_threshold)
     for rec in recs:
         emit(rec)
         print(" ".join(f"{k}={v}" for k, v in rec.items() if k not in ("bench",)), file=sys.stderr)
