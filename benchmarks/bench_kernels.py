@@ -170,7 +170,6 @@ def _vm(field: str) -> int:
 def memory_child(impl: str, members: int, hw, steps: int, denoiser: str) -> dict:
     """One sample in this process; peak RSS above the RSS just before sampling."""
     from precipfast.runtime.ensemble import Tiling, sample_ensemble
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     if denoiser == "shipped":
         from precipfast.export.bundle import load_denoisers
         net = load_denoisers()["downscaling"]
@@ -205,7 +204,8 @@ def bench_memory(impls, hw, steps: int, denoiser: str, member_counts, mmap_thres
     for impl in impls:
         for m in member_counts:
             cmd = [sys.executable, "-m", "precipfast.benchmarks.bench_kernels", "--mode", "memory-child", "--impls",
-                   impl, "--members", str(m), "--hw", *map(str, hw), "--steps", str(steps), "--denoiser", denoiser]
+                   impl, "--members", str(m), "--hw", *map(str, hw), "--steps", str(steps), "--denoiser", denoiser,
+                   "--threads", str(torch.get_num_threads())]
             res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
             recs.append({"bench": "kernels", "mode": "memory", "hw": list(hw), "steps": steps, "denoiser": denoiser,
                          "malloc_mmap_threshold": mmap_threshold or "glibc default",
@@ -237,7 +237,11 @@ def main(argv=None) -> int:
     ap.add_argument("--mmap-threshold", type=int, help="memory mode: glibc MALLOC_MMAP_THRESHOLD_ in bytes")
     ap.add_argument("--denoiser", choices=["stand-in", "shipped"], default="stand-in")
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (1 avoids OpenMP threads fighting for shared "
+                                                "cores; default: torch's)")
     a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
     impls = a.impls or ["reference", "inplace"] + (["triton"] if dev.type == "cuda" and not unavailable_reason(dev) else [])
     if a.mode == "memory-child":
