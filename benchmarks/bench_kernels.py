@@ -46,7 +46,7 @@ def bytes_per_pixel(impl: str, op: str, den_bytes: int) -> int:
       finish euler (32 + d), + base (12), * norm, expm1, * scale, clip (4 x 8)           = 76 + d
     """
     d = den_bytes
-    fused = {"step": (8 + d) + (12 + 2 * d), "churn": 8, "finish": 12 + d + 4}
+    fused = {"step": (8 + d) + (12 + 2 * d), "churn": 8, "finish": 12 + d}
     torch_seq = {"step": (32 + d) + (80 + 2 * d), "churn": 28, "finish": 76 + d}
     return (fused if impl == "triton" else torch_seq)[op]
 
