@@ -18,6 +18,7 @@ Modes (JSON lines on stdout, human-readable text on stderr):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -139,7 +140,7 @@ def bench_share(device: str, impls, members: int, hw, steps: int, backend: str) 
         den_s[0] += time.perf_counter() - t
         return out
     cond = torch.rand(1, 1, *hw, generator=torch.Generator().manual_seed(0)).to(dev)
-    cfg = SamplerConfig(**{**run.sampler.__dict__, "num_steps": steps})
+    cfg = dataclasses.replace(run.sampler, num_steps=steps)
     recs = []
     for impl in impls:
         step = _TimedStep(get_step_impl(dev, impl), sync)

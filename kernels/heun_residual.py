@@ -10,11 +10,13 @@ Three implementations of one step interface, side by side (the Triton-tutorial l
 
 A step object's methods, in the order the sampler calls them (x: (E, 1, H, W) float32 state):
 
-    x = init(shape, t_0, win)                            line 1: x_0 = t_0 eps_0
-    x, t_hat = churn(x, t_i, gamma, s_noise, win, i+1)   lines 5-6: x_hat = x + sqrt(t_hat^2 - t_i^2) S_noise eps
-    x_next = euler(x, D, t_hat, t_next, out)             lines 7-8: d = (x_hat - D) / t_hat; x_next = x_hat + (t_next - t_hat) d
-    x = heun(x, D, x_next, D', t_hat, t_next)            lines 9-11: x_hat + (t_next - t_hat)(d/2 + d'/2), d' = (x_next - D') / t_next
-    y = finish(x, D, t_hat, base, transform)             line 8 to t_N = 0, + base, inverse transform, clip at 0 mm/h
+    x = init(shape, t_0, win)                           line 1:  x_0 = t_0 eps
+    x, t_hat = churn(x, t_i, gamma, s_noise, win, i+1)  lines 5-6: x_hat = x + sqrt(t_hat^2 - t_i^2) S_noise eps
+    x_next = euler(x, D, t_hat, t_next, out)            lines 7-8: d = (x_hat - D) / t_hat,
+                                                                   x_next = x_hat + (t_next - t_hat) d
+    x = heun(x, D, x_next, D', t_hat, t_next)           lines 9-11: d' = (x_next - D') / t_next,
+                                                                   x = x_hat + (t_next - t_hat)(d/2 + d'/2)
+    y = finish(x, D, t_hat, base, transform)            line 8 to t_N = 0, + base, inverse transform, clip
 
 `InplaceStep` and `TritonStep` overwrite their inputs (x in churn/heun/finish, the denoised buffers in
 heun): always use the returned tensor. The slope d is never stored: the Heun corrector recomputes it
