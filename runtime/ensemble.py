@@ -3,8 +3,9 @@
 Bar-Tal et al. 2023) so large domains have no seams.
 
 Noise comes from `runtime.noise` (a pure function of seed, member, stage, step and global pixel) and
-the element-wise step from `kernels.heun_residual.STEP_IMPLS`, so a member's field does not depend on
-the batch size, the tiling or the backend.
+the element-wise step from the registry `kernels.heun_residual.get_step_impl` (Triton on CUDA, in
+place on the CPU, the plain reference when PRECIPFAST_STEP=reference), so a member's field does not
+depend on the batch size, the tiling, the backend or the step implementation.
 """
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ from typing import Callable, Sequence
 import torch
 
 from precipfast.config import DEFAULT_OVERLAP, DEFAULT_TILE, SamplerConfig
-from precipfast.edm import churn, churn_gamma, karras_sigmas
-from precipfast.kernels.heun_residual import ReferenceStep
-from precipfast.runtime import noise as pf_noise
+from precipfast.edm import churn_gamma, karras_sigmas
+from precipfast.kernels.heun_residual import NoiseWindow, get_step_impl
 from precipfast.runtime.tiling import TileBlender, balanced_tile, crop, plan_tiles
 
 Backend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -76,33 +76,42 @@ def denoise_domain(backend: Backend, x: torch.Tensor, sigma: float, cond: torch.
 
 def sample_ensemble(backend: Backend, cond: torch.Tensor, members: Sequence[int], stage: str, seed: int,
                     cfg: SamplerConfig, tiling: Tiling, base: torch.Tensor | None = None,
-                    origin: tuple[int, int, int] | None = None, step_impl=ReferenceStep,
-                    on_images: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Sample the residual for `members` at once; returns base + residual (or the residual alone).
+                    origin: tuple[int, int, int] | None = None, step_impl=None,
+                    on_images: Callable[[int], None] | None = None, transform=None) -> torch.Tensor:
+    """Sample the residual for `members` at once (Karras et al. 2022, Algorithm 2); returns base + residual
+    (or the residual alone), in mm/h clipped at 0 when `transform` (a TransformConfig) is given.
 
     cond (E or 1, Cc, H, W) working-space conditioning; base (E or 1, 1, H, W) added at the end;
     origin (row0, col0, global_width) places the domain on the global grid that keys the noise;
+    step_impl: a step object of `kernels.heun_residual` (default: `get_step_impl(cond.device)`);
     on_images(n) reports progress in (member, tile) images denoised (see `images`)."""
     h, w = cond.shape[-2], cond.shape[-1]
     r0, c0, gw = origin or (0, 0, w)
     tiles, overlap = domain_tiles(h, w, tiling)
     ts = [float(t) for t in karras_sigmas(cfg.num_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)]
-    eps = lambda step: pf_noise.normal_members(  # noqa: E731
-        seed, members, stage, step, r0, r0 + h, c0, c0 + w, gw).to(cond)
+    step = step_impl if step_impl is not None else get_step_impl(cond.device)
+    win = NoiseWindow(seed, tuple(members), stage, r0, c0, gw)
 
     def denoise(x, t):
         return denoise_domain(backend, x, t, cond, tiling, tiles, overlap, on_images)
 
-    x = eps(0) * ts[0]
+    # State per member: x (x_hat after churn), D(x_hat), the Euler point and D(Euler point); the step
+    # object updates them in place where it can (InplaceStep, TritonStep).
+    x = step.init((len(members), 1, h, w), ts[0], win, dtype=cond.dtype, device=cond.device)  # line 1
+    x_next = None
     for i, (t_cur, t_next) in enumerate(zip(ts[:-1], ts[1:])):
-        gamma = churn_gamma(t_cur, cfg.num_steps, cfg.s_churn, cfg.s_min, cfg.s_max)
-        x_hat, t_hat = churn(x, t_cur, gamma, cfg.s_noise, eps(i + 1) if gamma > 0 else None)
-        d_hat = denoise(x_hat, t_hat)
-        # The last step (t_next = 0) is Euler and adds the stage's base field: base + residual.
-        x = step_impl.euler(x_hat, d_hat, t_hat, t_next, base if t_next == 0 else None)
-        if t_next > 0 and cfg.solver == "heun":
-            x = step_impl.heun(x_hat, d_hat, x, denoise(x, t_next), t_hat, t_next, None)
-    return x
+        gamma = churn_gamma(t_cur, cfg.num_steps, cfg.s_churn, cfg.s_min, cfg.s_max)  # line 4
+        x, t_hat = step.churn(x, t_cur, gamma, cfg.s_noise, win, i + 1)  # lines 5-6
+        d_hat = denoise(x, t_hat)  # line 7
+        if t_next == 0:  # the last step is Euler, fused with base + residual (and the inverse transform)
+            return step.finish(x, d_hat, t_hat, base, transform)
+        x_next = step.euler(x, d_hat, t_hat, t_next, out=x_next)  # line 8
+        if cfg.solver == "heun":
+            x = step.heun(x, d_hat, x_next, denoise(x_next, t_next), t_hat, t_next)  # lines 9-11
+        else:
+            x, x_next = x_next, x
+        del d_hat  # freed before the next evaluation allocates its output
+    raise AssertionError("karras_sigmas ends with 0, so the loop returns at its last step")
 
 
 def domain_tiles(h: int, w: int, tiling: Tiling):
