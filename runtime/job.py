@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from precipfast._version import __version__
 from precipfast.config import DEFAULT_OVERLAP, DEFAULT_TILE
 from precipfast.runtime.io_h5 import expected_pixel_check, read_input
-from precipfast.runtime.output import DEFAULT_THRESHOLDS_MM_H, OutputWriter, check_output_path
+from precipfast.errors import PrecipfastError
+from precipfast.runtime.output import DEFAULT_THRESHOLDS_MM_H, OutputWriter, check_not_input, check_output_path
 from precipfast.runtime.pipeline import Origin, Pipeline, fine_coords
 
 
@@ -49,8 +50,10 @@ def run_sample(input_path, output_path, model=None, opts: SampleOptions = Sample
                quiet: bool = False) -> dict:
     """Sample an ensemble for every time in `input_path`; returns a summary (times, memory, members)."""
     t_start = time.perf_counter()
+    check_not_input(input_path, output_path)
     check_output_path(output_path, opts.overwrite)
     field = read_input(input_path, bbox=opts.bbox, variable=opts.variable)
+    check_seed(opts.seed, field.precip.shape[0])
     pipe = Pipeline.from_bundle(model, backend=opts.backend, device=opts.device, tile=opts.tile,
                                 overlap=opts.overlap, max_batch=opts.max_batch,
                                 memory_budget_gb=opts.memory_gb, stages=opts.stages)
@@ -69,6 +72,29 @@ def run_sample(input_path, output_path, model=None, opts: SampleOptions = Sample
              "noise": "Philox4x32-10 keyed by (seed + t * 2^32, member, stage, step, global pixel)"}
     h, w = field.precip.shape[1:]
     bar = _progress(n_t * pipe.images_per_field(h, w, opts.members, opts.steps), quiet, n_t)
+    try:
+        _sample_into(output_path, pipe, field, lat, lon, origin, attrs, opts, bar)
+    finally:
+        if bar:
+            bar.close()  # also when interrupted: a bar left to the garbage collector redraws after the error
+    return {"output": str(output_path), "times": n_t, "members": opts.members,
+            "lr_shape": list(field.precip.shape[1:]), "hr_shape": [len(lat), len(lon)],
+            "backend": pipe.backend_name, "device": str(pipe.device),
+            "seconds": round(time.perf_counter() - t_start, 2), "peak_rss_gib": round(peak_rss_gib(), 3)}
+
+
+def check_seed(seed: int, n_times: int = 1) -> None:
+    """Time slice t samples with seed + t * 2^32 (runtime/noise.py keys Philox with 64 bits): refuse a seed
+    that does not fit for every slice, naming the option and the allowed range."""
+    top = 2 ** 64 - 1 - (n_times - 1) * 2 ** 32
+    if not 0 <= seed <= top:
+        per = f" with {n_times} time steps (slice t uses seed + t * 2^32)" if n_times > 1 else ""
+        raise PrecipfastError(f"--seed must be in [0, {top}]{per}, got {seed}")
+
+
+def _sample_into(output_path, pipe, field, lat, lon, origin, attrs, opts, bar) -> None:
+    """Sample every time slice and stream each group of members into the (atomic) output file."""
+    n_t = field.precip.shape[0]
     with OutputWriter(output_path, lat=lat, lon=lon, members=opts.members,
                       times=field.times if field.times is not None else n_t, lat_lr=field.lat,
                       lon_lr=field.lon, thresholds_mm_h=opts.thresholds_mm_h, attrs=attrs,
@@ -83,12 +109,6 @@ def run_sample(input_path, output_path, model=None, opts: SampleOptions = Sample
                 ms = slice(g["members"][0], g["members"][-1] + 1)
                 out.write_members(t, ms, values=g["precip"])
                 out.write_corrected(t, ms, values=g["corrected_lr"])
-    if bar:
-        bar.close()
-    return {"output": str(output_path), "times": n_t, "members": opts.members,
-            "lr_shape": list(field.precip.shape[1:]), "hr_shape": [len(lat), len(lon)],
-            "backend": pipe.backend_name, "device": str(pipe.device),
-            "seconds": round(time.perf_counter() - t_start, 2), "peak_rss_gib": round(peak_rss_gib(), 3)}
 
 
 def peak_rss_gib() -> float:

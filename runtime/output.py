@@ -262,6 +262,8 @@ class OutputWriter:
         try:
             if self._f is not None and self._f.id.valid:
                 self._f.close()  # cannot fail for lack of space: _GuardedFile swallows failed writes
+        except Exception:  # a file being thrown away; the error that brought us here is the one to report
+            pass
         finally:
             if self._io is not None:
                 self._io.close()
