@@ -24,6 +24,7 @@ from pathlib import Path
 from precipfast import _version
 from precipfast.config import STAGES, EDMConfig, SamplerConfig, TransformConfig, UNetConfig, from_dict, to_dict
 from precipfast.errors import EngineMismatchError, InputFormatError, OutputError, PrecipfastError
+from precipfast.runtime.bundle_check import check_closed_world, check_stage_pairs, read_parity_report
 
 FORMAT = "precipfast-bundle"
 FORMAT_VERSION = 1
@@ -183,6 +184,8 @@ def _export_stage(den, entry: dict, tmp: Path, parity: bool) -> dict | None:
     report = parity_report(den, tmp / rel)
     if not report["passed"]:
         raise EngineMismatchError(f"{rel}: {summary_line(report)}; the exported graph disagrees with torch")
+    # The pair this report vouches for: open_bundle refuses any other pair (runtime/bundle_check.py).
+    report.update(weights_sha256=sha256_file(tmp / entry["weights"]), onnx_sha256=sha256_file(tmp / rel))
     return report
 
 
@@ -224,6 +227,9 @@ def open_bundle(path) -> Bundle:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EngineMismatchError(f"{mpath} is not valid JSON ({e})") from None
     _validate(root, manifest)
+    from precipfast.export.parity import live_pair_check
+    check_stage_pairs(root, manifest, read_parity_report(root, manifest),
+                      live_pair_check(root, manifest["files"]))
     return Bundle(root, manifest)
 
 
@@ -238,6 +244,7 @@ def _validate(root: Path, m) -> None:
     missing = [k for k in TOP_KEYS if k not in m]
     if missing:
         raise EngineMismatchError(f"{root / MANIFEST} lacks {missing}")
+    check_closed_world(root, m)  # before anything named in it is opened or hashed
     _check_files(root, m["files"])
     try:
         from_dict(TransformConfig, m["transform"])
