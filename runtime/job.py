@@ -17,6 +17,7 @@ from precipfast.runtime.io_h5 import expected_pixel_check, read_input
 from precipfast.errors import PrecipfastError
 from precipfast.runtime.output import DEFAULT_THRESHOLDS_MM_H, OutputWriter, check_not_input, check_output_path
 from precipfast.runtime.pipeline import Origin, Pipeline, fine_coords
+from precipfast.runtime.signals import raise_if_interrupted
 
 
 @dataclass(frozen=True)
@@ -104,11 +105,20 @@ def _sample_into(output_path, pipe, field, lat, lon, origin, attrs, opts, bar) -
                 bar.time_slice(t)
             # Each group of members goes to the file as soon as it is sampled: memory holds one group.
             for g in pipe.iter_member_groups(field.precip[t], opts.members, opts.steps, opts.seed + (t << 32),
-                                             field.aux or None, origin=origin,
-                                             progress=bar.advance if bar else None):
+                                             field.aux or None, origin=origin, progress=_ticker(bar)):
                 ms = slice(g["members"][0], g["members"][-1] + 1)
                 out.write_members(t, ms, values=g["precip"])
                 out.write_corrected(t, ms, values=g["corrected_lr"])
+
+
+def _ticker(bar):
+    """The sampler's progress callback: advances the bar, and is where a signal whose exception Python
+    dropped (runtime/signals.py) stops the run."""
+    def tick(n: int, stage: str) -> None:
+        raise_if_interrupted()
+        if bar:
+            bar.advance(n, stage)
+    return tick
 
 
 def peak_rss_gib() -> float:

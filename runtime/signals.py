@@ -7,6 +7,11 @@ two kill the process where it stands and leave the output's temp file behind. In
 up on Ctrl-C handles them too), and from the first one on all three are ignored: a second Ctrl-C cannot
 break the cleanup half way (or print a traceback from inside a progress bar).
 
+Python runs a handler between any two bytecodes of the main thread, also inside a weakref callback or a
+`__del__`, where an exception is printed as "Exception ignored" and dropped. So the first signal is also
+recorded, such dropped `Interrupted`s are not printed (sys.unraisablehook), and long loops call
+`raise_if_interrupted()` at each step (the sampler's progress ticks), which raises it again.
+
 Exit status, the shell's convention for a process stopped by signal N: 128 + N (SIGHUP 129, SIGINT 130,
 SIGTERM 143). SIGKILL cannot be caught: runtime/output.py removes such a run's temp file the next time a
 run writes into the same directory.
@@ -15,9 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 
 HANDLED = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+_arrived: list[int] = []  # signals received inside signals_as_exceptions (the process then exits)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -47,19 +54,33 @@ def signals_as_exceptions():
         yield
         return
     old = {s: signal.getsignal(s) for s in HANDLED}
-    arrived = []
+    old_hook = sys.unraisablehook
 
     def handler(signo, frame):
         for s in HANDLED:
             signal.signal(s, signal.SIG_IGN)  # cleanup runs to its end; the process is on its way out
-        arrived.append(signo)
+        _arrived.append(signo)
         raise Interrupted(signo)
+
+    def unraisable(info):
+        if not isinstance(info.exc_value, Interrupted):  # a dropped Interrupted comes back at the next tick
+            old_hook(info)
 
     for s in HANDLED:
         signal.signal(s, handler)
+    sys.unraisablehook = unraisable
+    _arrived.clear()
     try:
         yield
     finally:
-        if not arrived:  # after a signal they stay ignored: the caller prints one line and exits
+        if not _arrived:  # after a signal they stay ignored: the caller prints one line and exits
             for s, h in old.items():
                 signal.signal(s, h)
+            sys.unraisablehook = old_hook
+
+
+def raise_if_interrupted() -> None:
+    """Raise `Interrupted` again when a signal arrived whose exception was dropped (see the module doc);
+    call it at each step of long loops. Free when no signal came."""
+    if _arrived:
+        raise Interrupted(_arrived[0])
