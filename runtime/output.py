@@ -88,9 +88,11 @@ def check_not_input(input_path, output_path) -> None:
     except OSError:  # one of them does not exist (or a dangling link): they cannot be the same file
         return
     if same:
-        how = ("a symbolic link to it" if out.is_symlink() else
-               "the same path" if os.path.abspath(inp) == os.path.abspath(out) else "a hard link to it")
-        raise OutputError(f"output '{out}' is the input file '{inp}' ({how}); choose another -o, the input "
+        how = ("the same path" if os.path.abspath(inp) == os.path.abspath(out) else
+               "the same file through symbolic links" if os.path.realpath(inp) == os.path.realpath(out) else
+               "a hard link to it")
+        raise OutputError(f"output '{os.fspath(output_path)}' is the input file '{os.fspath(input_path)}' ({how}); "
+                          f"choose another -o, the input "
                           f"would be replaced by the ensemble")
 
 

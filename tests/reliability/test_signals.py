@@ -41,7 +41,7 @@ def test_signal_cleans_up(busy, tiny_bundle, sig):
     out, err = proc.communicate(timeout=300)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert proc.returncode == 128 + signo, (proc.returncode, err)
-    assert lines == [f"Error: interrupted by {sig}; stopped, nothing partial was kept"] and out == ""
+    assert lines == [f"Error: interrupted by {sig}; stopped, nothing partial was kept"] and out == "", err
     assert snapshot(busy) == before
 
 
