@@ -23,8 +23,9 @@ with an InputFormatError that names the file, the variable, what was found and w
 
 CF packing is decoded the way netCDF readers (netCDF4-python) do it: the masks are taken on the raw,
 packed values (`_FillValue`, `missing_value`, and values outside `valid_range` / `valid_min` /
-`valid_max`, which are in packed units), then rate = raw * scale_factor + add_offset in float64, stored
-as float32. Units, where the variable states them, must be a rain rate: mm/h and its spellings, or
+`valid_max`, which are in packed units), then rate = raw * scale_factor + add_offset in the precision of
+the attributes (float32 attributes: float32 arithmetic, as xarray and netCDF4-python do; float64 ones:
+float64), stored as float32. Units, where the variable states them, must be a rain rate: mm/h and its spellings, or
 kg m-2 s-1 (= mm/s, multiplied by 3600). A read larger than MAX_SLICE_PIXELS per time slice or
 MAX_INPUT_VALUES in all is refused from the declared shape, before anything is allocated.
 
@@ -296,13 +297,18 @@ def _read_precip(ds, axes, rows, cols, fail, to_mm_h: float = 1.0) -> np.ndarray
     if "time" not in axes:
         raw = raw[None]
     fill = _packed_mask(ds, raw, fail)
-    scale, offset = _packing(ds, fail)
-    if scale == 1.0 and offset == 0.0 and to_mm_h == 1.0:
+    scale, offset, work = _packing(ds, fail)
+    if scale is None and offset is None and to_mm_h == 1.0:
         precip = raw.astype(np.float32)
-    else:  # float64 arithmetic, one time slice at a time (bounded memory), stored as float32
+    else:  # one time slice at a time (bounded memory), stored as float32
         precip = np.empty(raw.shape, np.float32)
         for t in range(raw.shape[0]):
-            precip[t] = (raw[t].astype(np.float64) * scale + offset) * to_mm_h
+            x = raw[t].astype(work)
+            if scale is not None:
+                x *= scale
+            if offset is not None:
+                x += offset
+            precip[t] = x * to_mm_h if to_mm_h != 1.0 else x
     precip[fill] = np.nan
     return np.ascontiguousarray(precip)
 
@@ -326,13 +332,15 @@ def _packed_mask(ds, raw, fail) -> np.ndarray:
     return fill
 
 
-def _number_attr(ds, key, fail, size=1):
-    """A numeric attribute as floats (None when absent); anything else is refused with its name."""
+def _number_attr(ds, key, fail, size=1, dtype=np.float64):
+    """A numeric attribute as `dtype` (None when absent); anything else is refused with its name."""
     v = ds.attrs.get(key)
     if v is None:
         return None
     try:
-        a = np.asarray(v, dtype=np.float64).reshape(-1)
+        if not np.issubdtype(np.asarray(v).dtype, np.number):
+            raise TypeError(key)
+        a = np.asarray(v).astype(dtype).reshape(-1)
     except (TypeError, ValueError):
         a = np.array([])
     if a.size != size or not np.isfinite(a).all():
@@ -341,13 +349,17 @@ def _number_attr(ds, key, fail, size=1):
     return a
 
 
-def _packing(ds, fail) -> tuple[float, float]:
-    """(scale_factor, add_offset) of CF packing; (1, 0) when absent."""
-    scale = _number_attr(ds, "scale_factor", fail)
-    offset = _number_attr(ds, "add_offset", fail)
+def _packing(ds, fail):
+    """(scale_factor, add_offset, working dtype) of CF packing; None for an absent attribute. The
+    arithmetic runs in the attributes' precision (float32 unless one is float64), as netCDF readers do."""
+    kinds = [np.asarray(ds.attrs[k]).dtype for k in ("scale_factor", "add_offset") if k in ds.attrs]
+    work = np.float64 if any(k == np.float64 or np.issubdtype(k, np.integer) and k.itemsize > 2
+                             for k in kinds) else np.float32
+    scale = _number_attr(ds, "scale_factor", fail, dtype=work)
+    offset = _number_attr(ds, "add_offset", fail, dtype=work)
     if scale is not None and scale[0] == 0:
         fail("attribute scale_factor is 0; expected a non-zero CF scale factor")
-    return (1.0 if scale is None else float(scale[0])), (0.0 if offset is None else float(offset[0]))
+    return (None if scale is None else scale[0]), (None if offset is None else offset[0]), work
 
 
 def _valid_limits(ds, fail):

@@ -37,6 +37,7 @@ import numpy as np
 
 from precipfast._version import __version__
 from precipfast.errors import InputFormatError, OutputError
+from precipfast.runtime.signals import deferred
 
 DEFAULT_THRESHOLDS_MM_H = (0.1, 1.0, 5.0, 10.0, 20.0)
 REQUIRED_ATTRS = ("model_name", "model_sha256", "steps", "seed", "backend", "input_sha256")
@@ -68,13 +69,17 @@ def check_output_path(path, overwrite: bool = False) -> Path:
         raise OutputError(f"output '{path}' exists; pass --overwrite to replace it")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"output directory '{parent}' is not writable")
+    probe = None
     try:  # os.access can be wrong (root, ACLs, read-only mounts): try the real thing
-        probe = _create_temp(path)
-        os.unlink(probe)
+        with deferred():  # a signal lands after `probe` is known, so the finally removes it
+            probe = _create_temp(path)
     except OSError as e:
         if e.errno in SPACE_ERRNOS:
             raise space_error(path, e) from None
         raise OutputError(f"output directory '{parent}' is not writable ({e.strerror})") from None
+    finally:
+        if probe is not None:
+            os.unlink(probe)
     return path
 
 
@@ -172,9 +177,10 @@ class OutputWriter:
             raise ValueError(f"attrs lacks {lacking}; the output must record {list(REQUIRED_ATTRS)}")
         check_output_path(self.path, overwrite)
         sweep_stale_temporaries(self.path.parent)
-        self.tmp = Path(_create_temp(self.path))
-        self._f, self._io, self._stats_done, self._done = None, None, set(), False
+        self.tmp, self._f, self._io, self._stats_done, self._done = None, None, None, set(), False
         try:
+            with deferred():  # a signal lands after self.tmp is set, inside this try: abort removes the file
+                self.tmp = Path(_create_temp(self.path))
             self._io = _GuardedFile(self.tmp)
             self._f = h5py.File(self._io, "w", track_order=True, rdcc_nbytes=CACHE_BYTES, rdcc_nslots=10007,
                                 rdcc_w0=1.0)
@@ -269,7 +275,7 @@ class OutputWriter:
         finally:
             if self._io is not None:
                 self._io.close()
-            if self.tmp.exists():
+            if self.tmp is not None and self.tmp.exists():
                 self.tmp.unlink()
 
     def _check_space(self) -> None:

@@ -84,3 +84,18 @@ def raise_if_interrupted() -> None:
     call it at each step of long loops. Free when no signal came."""
     if _arrived:
         raise Interrupted(_arrived[0])
+
+
+@contextlib.contextmanager
+def deferred():
+    """Hold SIGINT, SIGTERM and SIGHUP back inside the block; they are delivered as it ends. For the few
+    statements that create a file and record its name: a signal in between would leave a file that no
+    cleanup knows of. Open the caller's `try` before the block, so the delivery lands inside it."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
