@@ -182,9 +182,10 @@ class OutputWriter:
             with deferred():  # a signal lands after self.tmp is set, inside this try: abort removes the file
                 self.tmp = Path(_create_temp(self.path))
             self._io = _GuardedFile(self.tmp)
-            self._f = h5py.File(self._io, "w", track_order=True, rdcc_nbytes=CACHE_BYTES, rdcc_nslots=10007,
-                                rdcc_w0=1.0)
-            self._create(attrs)
+            with deferred():  # signals land between HDF5 calls, never inside one (see _write)
+                self._f = h5py.File(self._io, "w", track_order=True, rdcc_nbytes=CACHE_BYTES, rdcc_nslots=10007,
+                                    rdcc_w0=1.0)
+                self._create(attrs)
             self._check_space()
         except BaseException:
             self.abort()
@@ -222,7 +223,8 @@ class OutputWriter:
             v = np.asarray(v, np.float32)
             if v.shape != want:
                 raise ValueError(f"{name} values are {v.shape}; expected {want} for t={t}, rows {rows}, cols {cols}")
-            ds[key] = v
+            with deferred():
+                ds[key] = v
         self._check_space()
         if _shape((len(self.lat), len(self.lon)), (rows, cols)) == (len(self.lat), len(self.lon)):
             self._stats_done.add(t)
@@ -231,7 +233,7 @@ class OutputWriter:
         """Statistics of time t in BLOCK x BLOCK pieces; block_of(rows, cols) -> (E, rows, cols) members,
         read back from the file by default (bounded memory)."""
         self._check_open()
-        block_of = block_of or (lambda rs, cs: self._f["precip"][t, :, rs, cs])
+        block_of = block_of or (lambda rs, cs: self._read_block("precip", (t, slice(None), rs, cs)))
         for r0 in range(0, len(self.lat), BLOCK):
             for c0 in range(0, len(self.lon), BLOCK):
                 rs, cs = slice(r0, r0 + BLOCK), slice(c0, c0 + BLOCK)
@@ -247,7 +249,8 @@ class OutputWriter:
                 for t in range(self.n_times):
                     if t not in self._stats_done:
                         self.fill_stats(t)
-            self._f.close()
+            with deferred():
+                self._f.close()
             self._check_space()
             try:
                 os.fsync(self._io.fileno())  # data on disk before the rename makes it visible
@@ -345,8 +348,15 @@ class OutputWriter:
         if v.shape != want:
             raise ValueError(f"{name} values are {v.shape}; expected {want} for t={t}, members {members}, "
                              f"rows {rows}, cols {cols}")
-        ds[key] = v
+        # A signal handler that raised half way through h5py's Python layer could leave HDF5 objects in a
+        # state whose deallocation prints tracebacks at exit; deferred, it lands after the write.
+        with deferred():
+            ds[key] = v
         self._check_space()
+
+    def _read_block(self, name, key):
+        with deferred():
+            return self._f[name][key]
 
     def _check_open(self):
         if self._done or self._f is None or not self._f.id.valid:
