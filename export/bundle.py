@@ -110,6 +110,8 @@ def _export_stage(den, entry: dict, tmp: Path, parity: bool) -> dict | None:
     report = parity_report(den, tmp / rel)
     if not report["passed"]:
         raise EngineMismatchError(f"{rel}: {summary_line(report)}; the exported graph disagrees with torch")
+    # The pair this report vouches for: open_bundle refuses any other pair (runtime/bundle_check.py).
+    report.update(weights_sha256=sha256_file(tmp / entry["weights"]), onnx_sha256=sha256_file(tmp / rel))
     return report
 
 

@@ -131,3 +131,31 @@ def summary_line(report: dict) -> str:
     return (f"ONNX parity {verdict}: max rel err {report['max_rel_err']:.2e} (tolerance "
             f"{report['tolerance_rel']:.0e}), max abs err {report['max_abs_err']:.2e} over "
             f"{len(report['cases'])} cases")
+
+
+_LIVE: dict = {}  # (bundle dir, stage, weights sha256, onnx sha256) -> report: one check per process
+
+
+def live_pair_check(root, files: dict):
+    """A `check_stage_pairs` live check for the bundle at `root`: the stage's ONNX against the torch net
+    built from its safetensors, on one batch covering all of SIGMA_PROBE at an odd tile size. None when
+    onnxruntime is not installed (the ONNX cannot run here, so it cannot matter here). `files`: the
+    manifest's {name: sha256}, checked, which key the cache."""
+    import importlib.util
+    from pathlib import Path
+    if importlib.util.find_spec("onnxruntime") is None:  # no import: it costs a second, and is rarely needed
+        return None
+
+    from precipfast.config import EDMConfig, UNetConfig, from_dict
+    from precipfast.train.checkpoint import build_denoiser, load_weights
+
+    def check(stage: str, entry: dict) -> dict:
+        key = (os.path.realpath(root), stage, files.get(entry["weights"]), files.get(entry["onnx"]))
+        if key not in _LIVE:
+            den = build_denoiser(from_dict(UNetConfig, entry["unet"]), from_dict(EDMConfig, entry["edm"]))
+            load_weights(den, Path(root) / entry["weights"])
+            with torch.random.fork_rng():  # the check must not move the caller's global RNG
+                _LIVE[key] = parity_report(den.eval(), Path(root) / entry["onnx"],
+                                           batch_sizes=(len(SIGMA_PROBE),), hw_list=((19, 27),))
+        return _LIVE[key]
+    return check

@@ -6,12 +6,14 @@ geolocation, as `precipfast sample` reads it), `load_denoisers(bundle)`, `coarse
 Heavy modules load on first use so `import precipfast` stays fast.
 """
 from precipfast._version import __version__
-from precipfast.grid import coarsen
 
 __all__ = ["__version__", "Pipeline", "read_input", "load_denoisers", "coarsen"]
 
 
 def __getattr__(name):
+    if name == "coarsen":  # lazy too: torch takes seconds to import, and the CLI's signal handling
+        from precipfast.grid import coarsen  # starts only once click runs a command
+        return coarsen
     if name == "Pipeline":
         from precipfast.runtime.pipeline import Pipeline
         return Pipeline

@@ -19,17 +19,37 @@ from precipfast.options import (BenchOptions, DemoOptions, SampleOptions, Valida
 
 
 def _friendly(fn):
-    """Turn expected failures into one clear line (click.ClickException -> exit 1)."""
+    """Every way a command ends badly is one line on stderr (`--debug`: the traceback instead):
+    expected failures -> exit 1; SIGINT/SIGTERM/SIGHUP -> cleanup, then exit 128 + signo (130/143/129);
+    anything unexpected -> exit 1 with its type, asking for --debug. Click's usage errors stay exit 2."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from precipfast.runtime.signals import Interrupted, signal_name, signals_as_exceptions
         ctx = click.get_current_context()
-        try:
-            return fn(*args, **kwargs)
-        except (PrecipfastError, ValueError, OSError) as e:
-            if ctx.find_root().params.get("debug"):
+        debug = ctx.find_root().params.get("debug")
+        with signals_as_exceptions():
+            try:
+                return fn(*args, **kwargs)
+            except click.ClickException:
                 raise
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise click.ClickException(msg) from None
+            except KeyboardInterrupt as e:  # Interrupted (TERM/HUP) or a plain Ctrl-C
+                if debug:
+                    raise
+                signo = e.signo if isinstance(e, Interrupted) else 2
+                click.echo(f"Error: interrupted by {signal_name(signo)}; stopped, nothing partial was kept",
+                           err=True)
+                ctx.exit(128 + signo)
+            except (PrecipfastError, ValueError, OSError) as e:
+                if debug:
+                    raise
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise click.ClickException(msg) from None
+            except Exception as e:  # a bug: still one line, and the way to the traceback
+                if debug:
+                    raise
+                first = str(e).splitlines()[0] if str(e) else ""
+                raise click.ClickException(f"unexpected {type(e).__name__}: {first} (rerun with "
+                                           f"`precipfast --debug ...` for the traceback)") from None
     return wrapper
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from precipfast import _version
 from precipfast.config import STAGES, EDMConfig, SamplerConfig, TransformConfig, UNetConfig, from_dict
 from precipfast.errors import EngineMismatchError, PrecipfastError
+from precipfast.runtime.bundle_check import check_closed_world, check_stage_pairs, read_parity_report
 
 FORMAT = "precipfast-bundle"
 FORMAT_VERSION = 1
@@ -106,6 +107,8 @@ def open_bundle(path) -> Bundle:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EngineMismatchError(f"{mpath} is not valid JSON ({e})") from None
     validate_manifest(root, manifest)
+    # The runtime trusts an ONNX graph only as the pair its export's parity check vouched for.
+    check_stage_pairs(root, manifest, read_parity_report(root, manifest), live_check=None)
     return Bundle(root, manifest)
 
 
@@ -121,6 +124,7 @@ def validate_manifest(root: Path, m) -> None:
     missing = [k for k in TOP_KEYS if k not in m]
     if missing:
         raise EngineMismatchError(f"{root / MANIFEST} lacks {missing}")
+    check_closed_world(root, m)  # before anything named in it is opened or hashed
     _check_files(root, m["files"])
     try:
         from_dict(TransformConfig, m["transform"])

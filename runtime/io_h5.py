@@ -21,6 +21,14 @@ Fill values (`_FillValue`, `missing_value`, `CodeMissingValue` and always -9999.
 other negative value, rate above 1000 mm/h, all-missing field, irregular or NaN coordinate is refused
 with an InputFormatError that names the file, the variable, what was found and what was expected.
 
+CF packing is decoded the way netCDF readers (netCDF4-python) do it: the masks are taken on the raw,
+packed values (`_FillValue`, `missing_value`, and values outside `valid_range` / `valid_min` /
+`valid_max`, which are in packed units), then rate = raw * scale_factor + add_offset in the precision of
+the attributes (float32 attributes: float32 arithmetic, as xarray and netCDF4-python do; float64 ones:
+float64), stored as float32. Units, where the variable states them, must be a rain rate: mm/h and its spellings, or
+kg m-2 s-1 (= mm/s, multiplied by 3600). A read larger than MAX_SLICE_PIXELS per time slice or
+MAX_INPUT_VALUES in all is refused from the declared shape, before anything is allocated.
+
 Missing-pixel policy: NaN pixels are conditioned as 0 mm/h, and the output is NaN over every fine
 pixel that a missing coarse pixel covers (`missing_mask(field, factor)`).
 """
@@ -41,8 +49,11 @@ from precipfast.runtime.latlon import check_bbox, crop, lat_order, lon_order, pi
 from precipfast.runtime.rates import rate_problem
 
 IMERG_FILL = -9999.9
-RATE_UNITS = {"mm/h", "mm/hr", "mmh-1", "mmhr-1", "mm/hour", "mmh**-1", "mmh^-1", "millimeter/hour",
-              "millimeters/hour", "millimetersperhour", "mmperhour"}
+MAX_SLICE_PIXELS = 2 * 1800 * 3600   # twice a global 0.1 deg grid: no coarse input is larger
+MAX_INPUT_VALUES = 1 << 30           # values read in all (4 GiB as float32): crop with a bbox beyond that
+RATE_UNITS = {"mm/h", "mm/hr", "mmh-1", "mmhr-1", "mm/hour", "mmh**-1", "mmh^-1", "mmhr**-1", "mmhr^-1",
+              "millimeter/hour", "millimeters/hour", "millimetersperhour", "mmperhour"}
+FLUX_UNITS = {"kgm-2s-1", "kgm**-2s**-1", "kgm^-2s^-1", "kg/m2/s", "kg/m^2/s", "kgm-2/s", "mm/s", "mms-1"}
 NASA_LAYOUTS = (("imerg-v07", "Grid/precipitation"), ("imerg-v06", "Grid/precipitationCal"),
                 ("imerg-subset-v07", "precipitation"), ("imerg-subset-v06", "precipitationCal"))
 LAYOUTS_TEXT = ("precipfast (/precip with /lat, /lon), IMERG V07 (/Grid/precipitation), IMERG V06 "
@@ -90,15 +101,17 @@ def read_input(path, *, bbox=None, variable: str | None = None, check_size=None)
         lat_f = _coord(f, lay.group, ("lat", "latitude"), fail)
         lon_f = _coord(f, lay.group, ("lon", "longitude"), fail)
         axes = _axes(ds, lay.fmt, len(lat_f), len(lon_f), fail)
-        _check_units(ds, fail)
+        to_mm_h = _check_units(ds, fail)
         rows, lat = lat_order(lat_f, fail)
         cols, lon = lon_order(lon_f, fail)
+        _check_lat_range(lat, fail)
         pixel = pixel_deg(lat, lon, fail)
         if box is not None:
             rows, cols, lat, lon = crop(rows, cols, lat, lon, box, fail)
+        _check_read_size(ds, axes, rows, cols, fail)
         if check_size is not None:
             check_size(ds.shape[axes.index("time")] if "time" in axes else 1, len(rows), len(cols))
-        precip = _read_precip(ds, axes, rows, cols, fail)
+        precip = _read_precip(ds, axes, rows, cols, fail, to_mm_h)
         _check_rates(precip, fail, box)
         times = _times(f, lay.group, precip.shape[0], fail)
         aux = _aux(f, len(lat_f), len(lon_f), rows, cols, fail) if lay.fmt == "precipfast" else {}
@@ -220,8 +233,30 @@ def _axes(ds, fmt, nlat, nlon, fail) -> tuple:
 
 
 # ---------------------------------------------------------------------------- values
-def _read_precip(ds, axes, rows, cols, fail) -> np.ndarray:
-    """Read only the selected rows/cols (a slab in file order), then reorder to (T, H, W) north-up."""
+def _check_lat_range(lat, fail) -> None:
+    """Pixel centres beyond the poles mean the coordinates are not degrees (or not latitude)."""
+    if lat.max() > 90.0 or lat.min() < -90.0:
+        fail(f"lat spans {lat.min():g}..{lat.max():g}; expected pixel centres in degrees within [-90, 90]")
+
+
+def _check_read_size(ds, axes, rows, cols, fail) -> None:
+    """Refuse, from the declared shape, a read no coarse input needs (before allocating it)."""
+    n = {"time": None, "lat": rows.size, "lon": cols.size}
+    shape = tuple(ds.shape[i] if n[a] is None else n[a] for i, a in enumerate(axes))
+    per_slice = rows.size * cols.size
+    total = int(np.prod(shape, dtype=np.float64))
+    if per_slice > MAX_SLICE_PIXELS:
+        fail(f"declares {rows.size} x {cols.size} = {per_slice:,} pixels per time slice to read (dataset "
+             f"{ds.shape}); expected at most {MAX_SLICE_PIXELS:,} (twice a global 0.1 deg grid): crop it with "
+             f"--bbox")
+    if total > MAX_INPUT_VALUES:
+        fail(f"declares {total:,} values to read ({shape}, {total * 4 / 2**30:.1f} GiB as float32); expected at "
+             f"most {MAX_INPUT_VALUES:,}: crop it with --bbox or split the times into several files")
+
+
+def _read_precip(ds, axes, rows, cols, fail, to_mm_h: float = 1.0) -> np.ndarray:
+    """Read only the selected rows/cols (a slab in file order), then reorder to (T, H, W) north-up,
+    masked and unpacked (CF) to mm/h."""
     pick = {"lat": rows, "lon": cols}
     slab, takes = [], []
     for a in axes:
@@ -238,14 +273,81 @@ def _read_precip(ds, axes, rows, cols, fail) -> np.ndarray:
     raw = np.transpose(raw, [axes.index(a) for a in ("time", "lat", "lon") if a in axes])
     if "time" not in axes:
         raw = raw[None]
-    fill = np.zeros(raw.shape, bool)
-    for v in _fill_values(ds):
-        fill |= raw == np.asarray(v).astype(raw.dtype)
-    if np.issubdtype(raw.dtype, np.floating):
-        fill |= np.abs(raw - raw.dtype.type(IMERG_FILL)) < 1e-3
-    precip = raw.astype(np.float32)
+    fill = _packed_mask(ds, raw, fail)
+    scale, offset, work = _packing(ds, fail)
+    if scale is None and offset is None and to_mm_h == 1.0:
+        precip = raw.astype(np.float32)
+    else:  # one time slice at a time (bounded memory), stored as float32
+        precip = np.empty(raw.shape, np.float32)
+        for t in range(raw.shape[0]):
+            x = raw[t].astype(work)
+            if scale is not None:
+                x *= scale
+            if offset is not None:
+                x += offset
+            precip[t] = x * to_mm_h if to_mm_h != 1.0 else x
     precip[fill] = np.nan
     return np.ascontiguousarray(precip)
+
+
+def _packed_mask(ds, raw, fail) -> np.ndarray:
+    """True where the raw (packed) value is a fill/missing value or outside the valid range."""
+    fill = np.zeros(raw.shape, bool)
+    is_float = np.issubdtype(raw.dtype, np.floating)
+    for v in _fill_values(ds):
+        if is_float:
+            fill |= raw == np.asarray(v).astype(raw.dtype)
+        elif float(v).is_integer() and np.iinfo(raw.dtype).min <= v <= np.iinfo(raw.dtype).max:
+            fill |= raw == int(v)  # an integer fill that the packed type cannot hold matches nothing
+    if is_float:
+        fill |= np.abs(raw - raw.dtype.type(IMERG_FILL)) < 1e-3
+    lo, hi = _valid_limits(ds, fail)
+    if lo is not None:
+        fill |= raw < lo
+    if hi is not None:
+        fill |= raw > hi
+    return fill
+
+
+def _number_attr(ds, key, fail, size=1, dtype=np.float64):
+    """A numeric attribute as `dtype` (None when absent); anything else is refused with its name."""
+    v = ds.attrs.get(key)
+    if v is None:
+        return None
+    try:
+        if not np.issubdtype(np.asarray(v).dtype, np.number):
+            raise TypeError(key)
+        a = np.asarray(v).astype(dtype).reshape(-1)
+    except (TypeError, ValueError):
+        a = np.array([])
+    if a.size != size or not np.isfinite(a).all():
+        fail(f"attribute {key}={v!r} is not {size} finite number{'s' if size > 1 else ''}; expected CF packing "
+             f"attributes")
+    return a
+
+
+def _packing(ds, fail):
+    """(scale_factor, add_offset, working dtype) of CF packing; None for an absent attribute. The
+    arithmetic runs in the attributes' precision (float32 unless one is float64), as netCDF readers do."""
+    kinds = [np.asarray(ds.attrs[k]).dtype for k in ("scale_factor", "add_offset") if k in ds.attrs]
+    work = np.float64 if any(k == np.float64 or np.issubdtype(k, np.integer) and k.itemsize > 2
+                             for k in kinds) else np.float32
+    scale = _number_attr(ds, "scale_factor", fail, dtype=work)
+    offset = _number_attr(ds, "add_offset", fail, dtype=work)
+    if scale is not None and scale[0] == 0:
+        fail("attribute scale_factor is 0; expected a non-zero CF scale factor")
+    return (None if scale is None else scale[0]), (None if offset is None else offset[0]), work
+
+
+def _valid_limits(ds, fail):
+    """(low, high) raw-value limits from valid_range, else valid_min / valid_max; None where absent."""
+    vr = _number_attr(ds, "valid_range", fail, size=2)
+    if vr is not None:
+        if vr[0] > vr[1]:
+            fail(f"attribute valid_range={vr.tolist()} has min > max; expected [min, max]")
+        return float(vr[0]), float(vr[1])
+    lo, hi = _number_attr(ds, "valid_min", fail), _number_attr(ds, "valid_max", fail)
+    return (None if lo is None else float(lo[0])), (None if hi is None else float(hi[0]))
 
 
 def _fill_values(ds):
@@ -261,13 +363,18 @@ def _fill_values(ds):
     return [v for v in out if np.isfinite(v)]  # a NaN fill is already NaN
 
 
-def _check_units(ds, fail) -> None:
+def _check_units(ds, fail) -> float:
+    """The factor to mm/h of the variable's stated units (1 when none are stated)."""
     raw = ds.attrs.get("units", ds.attrs.get("Units"))
     if raw is None:
-        return
+        return 1.0
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    if text.strip().lower().replace(" ", "") not in RATE_UNITS:
-        fail(f"has units {text!r}; expected a rain rate in mm/h")
+    key = text.strip().lower().replace(" ", "")
+    if key in RATE_UNITS:
+        return 1.0
+    if key in FLUX_UNITS:  # 1 kg of water per m2 is 1 mm deep
+        return 3600.0
+    fail(f"has units {text!r}; expected a rain rate in mm/h (or mm/hr, mm h-1, mm hr-1) or kg m-2 s-1")
 
 
 def _check_rates(precip, fail, box) -> None:

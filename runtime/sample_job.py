@@ -14,18 +14,22 @@ from precipfast._version import __version__
 from precipfast.options import SampleOptions
 from precipfast.runtime import memory
 from precipfast.runtime.io_h5 import read_input
-from precipfast.runtime.output import DEFAULT_THRESHOLDS_MM_H, OutputWriter, check_output_path
+from precipfast.errors import PrecipfastError
+from precipfast.runtime.output import DEFAULT_THRESHOLDS_MM_H, OutputWriter, check_not_input, check_output_path
+from precipfast.runtime.signals import raise_if_interrupted
 from precipfast.runtime.pipeline import Pipeline, fine_coords
 
 
 def run_sample(input_path, output_path, opts: SampleOptions = SampleOptions()) -> dict:
     """Sample an ensemble for every time in `input_path`; returns a summary (times, memory, members)."""
     t_start = time.perf_counter()
+    check_not_input(input_path, output_path)
     check_output_path(output_path, opts.overwrite)
     pipe = Pipeline.from_options(opts)
     f = pipe.scale_factor if "downscaling" in pipe.stages else 1
     field = read_input(input_path, bbox=opts.bbox, variable=opts.variable,
                        check_size=lambda t, h, w: memory.check_domain(t, h, w, f, pipe.budget_bytes))
+    check_seed(opts.seed, field.precip.shape[0])
     lr, origin, aux, _ = pipe.prepare(field)
     lat, lon = fine_coords(field.lat, field.lon, f) if f > 1 else (field.lat, field.lon)
     n_t = lr.shape[0]
@@ -39,22 +43,49 @@ def run_sample(input_path, output_path, opts: SampleOptions = SampleOptions()) -
              "noise": "Philox4x32-10 keyed by (seed + t * 2^32, member, stage, step, global pixel)"}
     h, w = lr.shape[1:]
     bar = _progress(n_t * pipe.images_per_field(h, w, opts.members, opts.steps), opts.quiet, n_t)
+    try:
+        _sample_into(output_path, pipe, lr, origin, aux, lat, lon, field, attrs, opts, bar)
+    finally:
+        if bar:
+            bar.close()  # also when interrupted: a bar left to the garbage collector redraws after the error
+    return {"output": str(output_path), "times": n_t, "members": opts.members,
+            "lr_shape": list(lr.shape[1:]), "hr_shape": [len(lat), len(lon)],
+            "backend": pipe.backend_name, "device": str(pipe.device),
+            "seconds": round(time.perf_counter() - t_start, 2), "peak_rss_gib": round(peak_rss_gib(), 3)}
+
+
+def check_seed(seed: int, n_times: int = 1) -> None:
+    """Time slice t samples with seed + t * 2^32 (runtime/noise.py keys Philox with 64 bits): refuse a seed
+    that does not fit for every slice, naming the option and the allowed range."""
+    top = 2 ** 64 - 1 - (n_times - 1) * 2 ** 32
+    if not 0 <= seed <= top:
+        per = f" with {n_times} time steps (slice t uses seed + t * 2^32)" if n_times > 1 else ""
+        raise PrecipfastError(f"--seed must be in [0, {top}]{per}, got {seed}")
+
+
+def _sample_into(output_path, pipe, lr, origin, aux, lat, lon, field, attrs, opts, bar) -> None:
+    """Sample every time slice and stream each group of members into the (atomic) output file."""
+    n_t = lr.shape[0]
     with OutputWriter(output_path, lat=lat, lon=lon, members=opts.members,
                       times=field.times if field.times is not None else n_t, lat_lr=field.lat,
                       lon_lr=field.lon, thresholds_mm_h=DEFAULT_THRESHOLDS_MM_H, attrs=attrs,
                       overwrite=opts.overwrite) as out:
         # Each group of members goes to the file as soon as it is sampled: memory holds one group.
-        for t, g in pipe.iter_groups(lr, origin, aux, opts, progress=bar.advance if bar else None,
+        for t, g in pipe.iter_groups(lr, origin, aux, opts, progress=_ticker(bar),
                                      on_time=bar.time_slice if bar else None):
             ms = slice(g["members"][0], g["members"][-1] + 1)
             out.write_members(t, ms, values=g["precip"])
             out.write_corrected(t, ms, values=g["corrected_lr"])
-    if bar:
-        bar.close()
-    return {"output": str(output_path), "times": n_t, "members": opts.members,
-            "lr_shape": list(lr.shape[1:]), "hr_shape": [len(lat), len(lon)],
-            "backend": pipe.backend_name, "device": str(pipe.device),
-            "seconds": round(time.perf_counter() - t_start, 2), "peak_rss_gib": round(peak_rss_gib(), 3)}
+
+
+def _ticker(bar):
+    """The sampler's progress callback: advances the bar, and is where a signal whose exception Python
+    dropped (runtime/signals.py) stops the run."""
+    def tick(n: int, stage: str) -> None:
+        raise_if_interrupted()
+        if bar:
+            bar.advance(n, stage)
+    return tick
 
 
 def _steps_used(pipe: Pipeline, opts: SampleOptions):

@@ -178,7 +178,7 @@ def test_unwritable_directory_detected_even_as_root(tmp_path, monkeypatch):
 
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(output.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(output, "_create_temp", refuse)
     with pytest.raises(OutputError, match=r"is not writable \(Permission denied\)"):
         check_output_path(tmp_path / "o.h5")
     assert _dir_names(tmp_path) == []
