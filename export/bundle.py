@@ -106,7 +106,7 @@ def _export_stage(den, entry: dict, tmp: Path, parity: bool) -> dict | None:
     entry["onnx"] = rel
     if not parity:
         return None
-    from precipfast.export.parity import parity_report, summary_line
+    from precipfast.runtime.parity import parity_report, summary_line
     report = parity_report(den, tmp / rel)
     if not report["passed"]:
         raise EngineMismatchError(f"{rel}: {summary_line(report)}; the exported graph disagrees with torch")

@@ -5,7 +5,7 @@ A bundle is a directory
   manifest.json            format, versions, grids, pooling, transform, per-stage configs, file sha256s
   <stage>.safetensors      weights of the preconditioned denoiser D (keys `net.*`)
   <stage>.onnx             D(x, sigma, cond) -> denoised, dynamic batch/H/W (export/onnx.py)
-  parity.json              ONNX Runtime vs torch report (export/parity.py)
+  parity.json              ONNX Runtime vs torch report (runtime/parity.py)
 for stages "correction" and/or "downscaling". `open_bundle` checks everything (format version, every
 file's sha256, stage entries, channel counts) before any sampling, so a damaged or mismatched bundle
 fails with one clear line instead of wrong rain.
@@ -107,8 +107,9 @@ def open_bundle(path) -> Bundle:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EngineMismatchError(f"{mpath} is not valid JSON ({e})") from None
     validate_manifest(root, manifest)
-    # The runtime trusts an ONNX graph only as the pair its export's parity check vouched for.
-    check_stage_pairs(root, manifest, read_parity_report(root, manifest), live_check=None)
+    # An ONNX graph is trusted as the pair its export's parity check vouched for, or after a live check.
+    from precipfast.runtime.parity import live_pair_check
+    check_stage_pairs(root, manifest, read_parity_report(root, manifest), live_pair_check(root, manifest["files"]))
     return Bundle(root, manifest)
 
 

@@ -1,6 +1,7 @@
-"""`precipfast info`: what a bundle, an output file or this machine's backends are."""
+"""`precipfast info`: what a bundle, an output file, an input file or this machine's backends are."""
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import h5py
@@ -10,14 +11,16 @@ from precipfast.errors import InputFormatError
 
 
 def describe(path=None, show_backends: bool = False) -> dict:
-    """Summary dict of a bundle directory (default: the shipped bundle) or an output HDF5 file."""
+    """Summary dict of a bundle directory (default: the shipped bundle), an output HDF5 file ({"output":
+    ...}) or an input file `precipfast sample` accepts ({"input": ...})."""
     from precipfast.runtime.bundle import default_bundle_path, open_bundle
     info: dict = {}
     p = Path(path) if path else default_bundle_path()
     if not p.exists():
-        raise InputFormatError(f"'{p}' does not exist; expected a bundle directory or a precipfast output file")
+        raise InputFormatError(f"no such file or directory: '{p}'; expected an output or input HDF5 file or a "
+                               f"model bundle directory")
     if p.is_file():
-        info["output"] = read_output(p)
+        info.update(_describe_file(p))
     else:
         b = open_bundle(p)
         m = b.manifest
@@ -34,6 +37,30 @@ def describe(path=None, show_backends: bool = False) -> dict:
         info["backends"] = {name: {"available": ok, "reason": why}
                             for name, (ok, why) in available_backends().items()}
     return info
+
+
+def _describe_file(p: Path) -> dict:
+    """{"output": ...} for a precipfast output, {"input": ...} for a file `sample` reads (checked as it would)."""
+    if not h5py.is_hdf5(p):
+        raise InputFormatError(f"'{p}' is not an HDF5 file; expected a precipfast output, an input (precipfast "
+                               f"or IMERG HDF5) or a model bundle directory")
+    with h5py.File(p, "r") as f:
+        is_output = isinstance(f.get("precip"), h5py.Dataset) and f["precip"].ndim == 4 and "model_sha256" in f.attrs
+    if is_output:
+        return {"output": read_output(p)}
+    from precipfast.runtime.io_h5 import read_input
+    field = read_input(p)
+    valid = field.precip[~np.isnan(field.precip)]
+    times = (None if field.times is None else
+             [dt.datetime.fromtimestamp(int(t), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") for t in field.times])
+    return {"input": {"path": str(p), "format": field.source_format, "variable": field.variable,
+                      "shape": {"time": field.precip.shape[0], "lat": field.precip.shape[1],
+                                "lon": field.precip.shape[2]},
+                      "pixel_deg": round(field.pixel_deg, 6),
+                      "lat_range": [float(field.lat.min()), float(field.lat.max())],
+                      "lon_range": [float(field.lon.min()), float(field.lon.max())], "times": times,
+                      "missing_fraction": round(1 - valid.size / field.precip.size, 4),
+                      "max_mm_h": round(float(valid.max()), 3), "aux": sorted(field.aux), "sha256": field.sha256}}
 
 
 def read_output(path) -> dict:

@@ -108,9 +108,9 @@ def read_input(path, *, bbox=None, variable: str | None = None, check_size=None)
         pixel = pixel_deg(lat, lon, fail)
         if box is not None:
             rows, cols, lat, lon = crop(rows, cols, lat, lon, box, fail)
-        _check_read_size(ds, axes, rows, cols, fail)
-        if check_size is not None:
+        if check_size is not None:  # the memory budget first: it names the option that can fix it
             check_size(ds.shape[axes.index("time")] if "time" in axes else 1, len(rows), len(cols))
+        _check_read_size(ds, axes, rows, cols, fail)
         precip = _read_precip(ds, axes, rows, cols, fail, to_mm_h)
         _check_rates(precip, fail, box)
         times = _times(f, lay.group, precip.shape[0], fail)

@@ -14,7 +14,6 @@ from precipfast._version import __version__
 from precipfast.options import SampleOptions
 from precipfast.runtime import memory
 from precipfast.runtime.io_h5 import read_input
-from precipfast.errors import PrecipfastError
 from precipfast.runtime.output import DEFAULT_THRESHOLDS_MM_H, OutputWriter, check_not_input, check_output_path
 from precipfast.runtime.signals import raise_if_interrupted
 from precipfast.runtime.pipeline import Pipeline, fine_coords
@@ -29,7 +28,6 @@ def run_sample(input_path, output_path, opts: SampleOptions = SampleOptions()) -
     f = pipe.scale_factor if "downscaling" in pipe.stages else 1
     field = read_input(input_path, bbox=opts.bbox, variable=opts.variable,
                        check_size=lambda t, h, w: memory.check_domain(t, h, w, f, pipe.budget_bytes))
-    check_seed(opts.seed, field.precip.shape[0])
     lr, origin, aux, _ = pipe.prepare(field)
     lat, lon = fine_coords(field.lat, field.lon, f) if f > 1 else (field.lat, field.lon)
     n_t = lr.shape[0]
@@ -52,15 +50,6 @@ def run_sample(input_path, output_path, opts: SampleOptions = SampleOptions()) -
             "lr_shape": list(lr.shape[1:]), "hr_shape": [len(lat), len(lon)],
             "backend": pipe.backend_name, "device": str(pipe.device),
             "seconds": round(time.perf_counter() - t_start, 2), "peak_rss_gib": round(peak_rss_gib(), 3)}
-
-
-def check_seed(seed: int, n_times: int = 1) -> None:
-    """Time slice t samples with seed + t * 2^32 (runtime/noise.py keys Philox with 64 bits): refuse a seed
-    that does not fit for every slice, naming the option and the allowed range."""
-    top = 2 ** 64 - 1 - (n_times - 1) * 2 ** 32
-    if not 0 <= seed <= top:
-        per = f" with {n_times} time steps (slice t uses seed + t * 2^32)" if n_times > 1 else ""
-        raise PrecipfastError(f"--seed must be in [0, {top}]{per}, got {seed}")
 
 
 def _sample_into(output_path, pipe, lr, origin, aux, lat, lon, field, attrs, opts, bar) -> None:

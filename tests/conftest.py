@@ -41,7 +41,7 @@ def shipped_bundle():
 def _tiny_stage(seed, attn=(1,)):
     torch.manual_seed(seed)
     unet = UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=attn, channels_per_head=8)
-    edm = EDMConfig(sigma_data=0.5, denoised_max=2.0)   # bounded like a trained stage (EDMConfig)
+    edm = EDMConfig(sigma_data=0.5, denoised_max=1.0)   # bounded like a trained stage (EDMConfig)
     den = build_denoiser(unet, edm)
     with torch.no_grad():  # EDM's zero init would make D = c_skip x: re-draw so F matters
         for p in den.parameters():

@@ -7,7 +7,7 @@ import torch
 
 from precipfast.config import DataConfig, TrainConfig, to_dict
 from precipfast.errors import EngineMismatchError, InputFormatError, OutputError
-from precipfast.export import parity
+from precipfast.runtime import parity
 from precipfast.export.bundle import export_checkpoints, write_bundle
 from precipfast.runtime.bundle import FORMAT_VERSION, default_bundle_path, load_denoisers, open_bundle
 from precipfast.train.checkpoint import save_checkpoint

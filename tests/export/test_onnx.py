@@ -6,7 +6,7 @@ import torch
 
 from precipfast.export.onnx import export_onnx
 from precipfast.runtime.bundle import onnx_io_shapes
-from precipfast.export.parity import PARITY_TOL_REL
+from precipfast.runtime.parity import PARITY_TOL_REL
 from precipfast.runtime.backends import ort_session
 
 

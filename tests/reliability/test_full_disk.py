@@ -13,7 +13,7 @@ from precipfast.errors import OutputError
 from precipfast.runtime import output
 from precipfast.runtime.output import write_output
 
-from conftest import FAST, cli, coarse, one_line, snapshot, spawn, temps
+from faultkit import FAST, cli, coarse, one_line, snapshot, spawn, temps
 
 ATTRS = {"model_name": "t", "model_sha256": "ab" * 32, "steps": 2, "seed": 0, "backend": "torch",
          "input_sha256": "cd" * 32}

@@ -8,10 +8,10 @@ import shutil
 import pytest
 
 from precipfast.errors import EngineMismatchError
-from precipfast.export import bundle as bundle_mod
+from precipfast.runtime import bundle as bundle_mod
 from precipfast.runtime.bundle_check import check_plain_name
 
-from conftest import FAST, cli, one_line, snapshot
+from faultkit import FAST, cli, one_line, snapshot
 
 BACKENDS = ["torch", "onnxruntime"]
 

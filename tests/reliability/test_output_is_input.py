@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import FAST, cli, one_line, snapshot
+from faultkit import FAST, cli, one_line, snapshot
 
 
 @pytest.fixture()

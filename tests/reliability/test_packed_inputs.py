@@ -5,9 +5,10 @@ import h5py
 import numpy as np
 import pytest
 
-from precipfast.runtime.io_h5 import read_input, write_precipfast_input
+from precipfast.runtime.input_writer import write_precipfast_input
+from precipfast.runtime.io_h5 import read_input
 
-from conftest import cli, one_line, snapshot
+from faultkit import cli, one_line, snapshot
 
 LAT = 40.95 - 0.1 * np.arange(10)
 LON = -100.95 + 0.1 * np.arange(12)
@@ -94,8 +95,8 @@ def test_huge_declared_dataset_is_refused_before_reading(tmp_path):
         f["lon"] = -100.0 + 0.001 * np.arange(n)
     before = snapshot(tmp_path)
     res = cli("sample", path, "-o", tmp_path / "o.h5")
-    one_line(res, 1, f"declares 150000 x 150000 = 22,500,000,000 pixels per time slice to read",
-             "crop it with --bbox")
+    one_line(res, 1, "the input field (1 x 150000 x 150000 float32) needs 83.8 GiB, more than the memory budget",
+             "crop the input with --bbox")
     assert snapshot(tmp_path) == before
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from precipfast.runtime import output
 
-from conftest import FAST, cli, coarse, snapshot, spawn, temps, wait_for_temp
+from faultkit import FAST, cli, coarse, snapshot, spawn, temps, wait_for_temp
 
 SLOW = ["--members", "4", "--steps", "12", "--backend", "torch", "--device", "cpu"]
 

@@ -9,7 +9,7 @@ from precipfast.config import EDMConfig, SamplerConfig, UNetConfig, to_dict
 from precipfast.errors import BackendUnavailableError, PrecipfastError
 from precipfast.export.bundle import write_bundle
 from precipfast.runtime.bundle import open_bundle
-from precipfast.export.parity import PARITY_TOL_REL
+from precipfast.runtime.parity import PARITY_TOL_REL
 from precipfast.runtime import backends as B
 from precipfast.denoiser import build_denoiser
 

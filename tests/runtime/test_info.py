@@ -34,12 +34,13 @@ def test_read_output_summary(tmp_path):
         read_output(tmp_path / "other.h5")
 
 
-def test_an_input_file_is_not_described_as_an_output(tmp_path):
+def test_an_input_file_is_described_as_an_input(tmp_path):
     inp = write_precipfast_input(tmp_path / "in.h5", np.ones((3, 3), np.float32), [1.2, 1.1, 1.0], [0, 0.1, 0.2])
-    with pytest.raises(InputFormatError, match="no 'precip' with a 'member' axis"):
-        describe(inp)
+    info = describe(inp)
+    assert "output" not in info and info["input"]["shape"] == {"time": 1, "lat": 3, "lon": 3}
+    assert info["input"]["max_mm_h"] == 1.0 and info["input"]["missing_fraction"] == 0.0
 
 
 def test_a_missing_path_says_what_was_expected(tmp_path):
-    with pytest.raises(InputFormatError, match="does not exist; expected a bundle directory or a precipfast output"):
+    with pytest.raises(InputFormatError, match="no such file or directory: .*; expected an output or input HDF5 file or a model bundle"):
         describe(tmp_path / "nope.h5")

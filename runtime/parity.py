@@ -147,7 +147,7 @@ def live_pair_check(root, files: dict):
         return None
 
     from precipfast.config import EDMConfig, UNetConfig, from_dict
-    from precipfast.train.checkpoint import build_denoiser, load_weights
+    from precipfast.denoiser import build_denoiser, load_weights
 
     def check(stage: str, entry: dict) -> dict:
         key = (os.path.realpath(root), stage, files.get(entry["weights"]), files.get(entry["onnx"]))
