@@ -1,14 +1,12 @@
 """Job options (precipfast/options.py): one default per setting, shared by the CLI and the Python API;
-ranges checked once; devices resolved once, keeping their index."""
+ranges checked once."""
 import dataclasses
 
 import pytest
-import torch
 
 from precipfast.cli import main
 from precipfast.config import DataConfig, TrainConfig, UNetConfig
 from precipfast.options import JOB_OPTIONS, SampleOptions, ValidateOptions, flag_of
-from precipfast.runtime.device import resolve_device
 
 # The train command's flags come from the training configs (one definition: the dataclass field).
 TRAIN_CONFIGS = (TrainConfig, DataConfig, UNetConfig)
@@ -67,17 +65,3 @@ def test_options_are_checked_once_when_built_and_when_replaced():
         SampleOptions().replace(steps=1)
     assert SampleOptions(stages="downscaling,correction").stages == ("correction", "downscaling")
     assert SampleOptions(bbox="35,40,-100,-95").bbox == (35.0, 40.0, -100.0, -95.0)
-
-
-def test_device_resolution_keeps_the_cuda_index(monkeypatch):
-    assert resolve_device("cpu") == torch.device("cpu")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    assert resolve_device("cuda:1") == torch.device("cuda", 1)
-    assert resolve_device(torch.device("cuda:1")) == torch.device("cuda", 1)
-    assert resolve_device("auto") == torch.device("cuda", 0)
-    with pytest.raises(ValueError, match=r"--device cuda:2: this machine has 2 CUDA device\(s\)"):
-        resolve_device("cuda:2")
-    with pytest.raises(ValueError, match="--device must be auto, cpu, cuda or cuda:N, got 'cpu:1'"):
-        resolve_device("cpu:1")
