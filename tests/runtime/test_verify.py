@@ -329,3 +329,29 @@ def test_an_explicit_input_that_is_not_the_recorded_one_is_noted(tmp_path):
                                    times=[T0])
     with pytest.raises(InputFormatError, match="grids differ.*coarse grid"):
         verify(ens, tr, input_path=wrong)
+
+
+def test_the_evaluate_command_prints_the_table_writes_json_and_fails_in_one_line(tmp_path):
+    """`precipfast evaluate ENSEMBLE --truth TRUTH --json --plots` through the CLI, and a grid mismatch."""
+    import json
+
+    from click.testing import CliRunner
+
+    from precipfast.cli import main
+    g = np.random.default_rng(9)
+    truth = _rain(g, (1, 60, 80))
+    members = np.stack([truth * s for s in (0.8, 1.0, 1.2)], axis=1)
+    ens, tr, _ = _case(tmp_path, truth, members)
+    res = CliRunner().invoke(main, ["evaluate", str(ens), "--truth", str(tr), "--json", str(tmp_path / "v.json"),
+                                    "--plots", str(tmp_path), "--quiet"])
+    assert res.exit_code == 0, res.output
+    scores = json.loads((tmp_path / "v.json").read_text())["scores"]
+    assert scores["ensemble"]["bias_ratio"] == pytest.approx(1.0, abs=1e-4)
+    assert f"{scores['ensemble']['crps']:.3f}" in res.output and "bilinear" in res.output
+    assert (tmp_path / "verification.png").stat().st_size > 10_000
+    far = tmp_path / "far"
+    far.mkdir()
+    _, _, lat, lon = _grid()
+    ens2, tr2, _ = _case(far, truth, members, truth_lat=lat + 0.007)
+    bad = CliRunner().invoke(main, ["evaluate", str(ens2), "--truth", str(tr2), "--quiet"])
+    assert bad.exit_code == 1 and "grids differ" in bad.output and "Traceback" not in bad.output
