@@ -219,7 +219,7 @@ class ValidateOptions:
 
 @dataclass(frozen=True)
 class DemoOptions:
-    """`precipfast demo`: the shipped model on the IMERG crop shipped in the package."""
+    """`precipfast demo`: the shipped model on the demo input (runtime/demo_input.py)."""
     out: str = setting("out/demo", "Output folder (ensemble.h5, quicklook.png).")
     members: int = setting(8, "Ensemble members.", lo=1, hi=10000)
     steps: int | None = _steps()

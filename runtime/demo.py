@@ -1,5 +1,5 @@
-"""`precipfast demo`: the shipped model on the real IMERG crop shipped in the package (runtime/demo_input.py),
-sampled exactly as `precipfast sample` does, with a quick-look PNG."""
+"""`precipfast demo`: the shipped model on the demo input (runtime/demo_input.py: a real IMERG crop beside
+../shared/data, a synthetic field elsewhere), sampled exactly as `precipfast sample` does, with a quick-look."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,9 +7,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from precipfast.errors import InputFormatError
 from precipfast.options import DemoOptions
-from precipfast.runtime.demo_input import demo_input_path
+from precipfast.runtime.demo_input import write_demo_input
 from precipfast.runtime.quicklook import quicklook
 from precipfast.runtime.sample_job import run_sample
 
@@ -18,12 +17,9 @@ DEMO_THRESHOLD_MM_H = 1.0
 
 def run_demo(opts: DemoOptions = DemoOptions()) -> dict:
     """Sample the shipped input into opts.out/ensemble.h5 and draw opts.out/quicklook.png."""
-    src = demo_input_path()
-    if not src.is_file():
-        raise InputFormatError(f"demo input {str(src)!r} is missing from this installation; expected the "
-                               f"package data precipfast/data/demo_imerg.h5")
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
+    src, source = write_demo_input(out / "input.h5")
     summary = run_sample(src, out / "ensemble.h5", opts.sample_options())
     with h5py.File(src, "r") as f:
         lr, lat_lr, lon_lr = f["precip"][0], f["lat"][:], f["lon"][:]
@@ -35,7 +31,7 @@ def run_demo(opts: DemoOptions = DemoOptions()) -> dict:
         png = quicklook(out / "quicklook.png", lr, f["corrected_lr"][0], f["precip"][0, :3],
                         f["precip_mean"][0], f["exceedance_probability"][0, k], float(thr[k]),
                         extent_lr=_extent(lat_lr, lon_lr), extent=_extent(lat, lon),
-                        title=f"IMERG V06B 2017-01-03 11:00Z -> 1 km ensemble ({opts.members} members, "
+                        title=f"{source} -> 1 km ensemble ({opts.members} members, "
                               f"{steps} steps)")
     summary["quicklook"] = str(png)
     return summary

@@ -1,24 +1,31 @@
-"""The demo runs from the package alone: its IMERG input ships as package data (runtime/demo_input.py)."""
+"""The demo runs from the package alone: a real IMERG crop beside ../shared/data, else a synthetic field."""
 import h5py
 import numpy as np
 
 from precipfast.options import DemoOptions
 from precipfast.runtime.demo import run_demo
-from precipfast.runtime.demo_input import DEMO_BBOX, demo_input_path
+from precipfast.runtime.demo_input import DEMO_BBOX, synthetic_field, write_demo_input
 from precipfast.runtime.io_h5 import read_input
 
 
-def test_demo_input_ships_in_the_package():
-    path = demo_input_path()
-    assert path.is_file() and path.stat().st_size < 32_000  # a few KB: a 20 x 20 crop
+def test_without_shared_data_the_demo_input_is_a_synthetic_rain_field(tmp_path):
+    path, source = write_demo_input(tmp_path / "in.h5", imerg_samples=tmp_path / "absent.h5")
     field = read_input(path)
-    assert field.precip.shape == (1, 20, 20) and field.pixel_deg == np.float64(field.pixel_deg)
-    assert abs(field.pixel_deg - 0.1) < 1e-4 and int(field.times[0]) == 1483441200  # 2017-01-03T11:00Z
+    assert "synthetic" in source and field.precip.shape == (1, 20, 20) and abs(field.pixel_deg - 0.1) < 1e-4
     s, n, w, e = DEMO_BBOX
     assert s < field.lat.min() < field.lat.max() < n and w < field.lon.min() < field.lon.max() < e
-    assert np.nanmean(field.precip > 0.1) > 0.9  # widespread rain, real (not a synthetic blob)
+    r = synthetic_field()
+    assert 1.0 < np.median(r) < 3.5 and 8.0 < r.max() < 15.0 and (r > 0.1).all()
+    assert np.array_equal(r, synthetic_field())                      # fixed seed
+
+
+def test_with_shared_data_the_demo_input_is_the_real_imerg_crop(tmp_path, shared_data):
+    path, source = write_demo_input(tmp_path / "in.h5", imerg_samples=shared_data / "imerg_samples.h5")
+    field = read_input(path)
+    assert "IMERG" in source and field.precip.shape == (1, 20, 20) and int(field.times[0]) == 1483441200
+    assert np.nanmean(field.precip > 0.1) > 0.9                      # widespread winter rain
     with h5py.File(path, "r") as f:
-        assert "IMERG" in f.attrs["source"] and f.attrs["made_by"] == "python -m precipfast.runtime.demo_input"
+        assert "IMERG" in f.attrs["source"]
 
 
 def test_demo_writes_the_ensemble_and_the_quicklook(shipped_bundle, tmp_path):
