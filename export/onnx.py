@@ -12,7 +12,9 @@ its edge padding when H and W are already multiples of 2^(levels-1), and a trace
 bake "no padding" into the graph. `_PadToMultiple` therefore pads x and cond itself, with the amounts
 computed from the runtime shape inside the graph, so the U-Net always sees a multiple and its own
 (skipped) branch is correct for every input. Replicate padding commutes with the per-sample scaling by
-c_in, so the result is the same arithmetic as eager `D` (tested at odd sizes in tests/export).
+c_in, so the result is the same arithmetic as eager `D` (tested at odd sizes in tests/export). A
+"mean+edm" stage is the exception that needs care: its diffusion net sees x - mu, so the padded rows
+must hold x - mu of the last real row (edge padding of the difference), not mu computed on padded rows.
 """
 from __future__ import annotations
 
@@ -51,6 +53,11 @@ class _PadToMultiple(torch.nn.Module):
         pad = (0, (-w) % self.factor, 0, (-h) % self.factor)
         x_p = F.pad(x, pad, mode="replicate")
         cond_p = F.pad(cond, pad, mode="replicate") if self.cond_channels else cond
+        if getattr(self.denoiser, "kind", "edm") == "mean+edm":
+            # Eager D edge-pads x - mu, so the padded rows hold x - mu of the last real row: mu is computed
+            # at the real size (its own padding is the U-Net's), cropped and edge-padded like x.
+            mu = F.pad(self.denoiser.mean(x_p, cond_p)[:, :, :h, :w], pad, mode="replicate")
+            return self.denoiser(x_p, sigma, cond_p, mu=mu)[:, :, :h, :w]
         return self.denoiser(x_p, sigma, cond_p)[:, :, :h, :w]
 
 

@@ -64,6 +64,9 @@ class UNetConfig:
         return 2 ** (len(self.channel_mult) - 1)
 
 
+KINDS = ("edm", "regression", "mean+edm")
+
+
 @dataclass(frozen=True)
 class EDMConfig:
     """EDM preconditioning and training noise distribution (Karras et al. 2022, Table 1).
@@ -73,11 +76,14 @@ class EDMConfig:
     image defaults, P_mean -1.2 with sigma_max 80, start 4.6 std above the training centre).
     kind "regression" makes the stage deterministic, CorrDiff's regression mean (Mardani et al. 2025):
     D(x, sigma, cond) = F(0, 0, cond) whatever x and sigma, trained with a plain MSE; the EDM sampler then
-    returns F exactly, so a regression stage needs no runtime of its own (2 steps suffice)."""
+    returns F exactly, so a regression stage needs no runtime of its own (2 steps suffice).
+    kind "mean+edm" is CorrDiff's full design: a frozen regression mean mu(cond) (same U-Net config) plus
+    EDM diffusion on the remainder y - mu; sigma_data is then the remainder's std (edm.Preconditioned)."""
     sigma_data: float = 0.5                 # std of the (residual) data in transformed units
     p_mean: float = -0.8                    # mean of ln(sigma) during training
     p_std: float = 1.4                      # std of ln(sigma) during training
-    kind: str = "edm"                       # "edm" (diffusion) or "regression" (deterministic mean)
+    kind: str = "edm"                       # "edm" (diffusion), "regression" (deterministic mean) or
+                                            # "mean+edm" (regression mean + diffusion on the remainder)
     # The denoised residual is clamped to [-cond[:, 0], denoised_max] at inference (working space): the
     # rate is never negative and never beyond the largest residual seen in training plus a margin
     # (set per stage from its training targets; inf = no upper bound).
@@ -87,7 +93,7 @@ class EDMConfig:
         _check(0 < self.sigma_data < math.inf, f"--sigma-data (edm.sigma_data) must be a finite number > 0, "
                                                f"got {self.sigma_data}")
         _check(self.p_std > 0, f"edm.p_std must be > 0, got {self.p_std}")
-        _check(self.kind in ("edm", "regression"), f"edm.kind must be 'edm' or 'regression', got {self.kind!r}")
+        _check(self.kind in KINDS, f"edm.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         _check(self.denoised_max > 0, f"edm.denoised_max must be > 0, got {self.denoised_max}")
 
 

@@ -14,7 +14,8 @@ from precipfast.errors import EngineMismatchError
 def build_denoiser(unet_cfg: UNetConfig, edm_cfg: EDMConfig) -> Preconditioned:
     """The EDM-preconditioned U-Net D(x, sigma, cond) for the given configs (random weights)."""
     from precipfast.unet import UNet
-    return Preconditioned(UNet(unet_cfg), edm_cfg.sigma_data, edm_cfg.kind, edm_cfg.denoised_max)
+    mean_net = UNet(unet_cfg) if edm_cfg.kind == "mean+edm" else None   # CorrDiff's regression mean
+    return Preconditioned(UNet(unet_cfg), edm_cfg.sigma_data, edm_cfg.kind, edm_cfg.denoised_max, mean_net)
 
 
 def load_weights(module: torch.nn.Module, path: Path) -> None:

@@ -126,28 +126,53 @@ class Preconditioned(torch.nn.Module):
     """D(x, sigma, cond) = c_skip x + c_out F(c_in x; c_noise, cond) around a raw network F (Table 1).
 
     kind "regression": D = F(0; 0, cond), a deterministic mean that ignores x and sigma (CorrDiff's
-    regression stage). In eval mode the result is clamped to [-cond[:, :1], denoised_max]: the residual
-    never makes the rate negative nor exceeds the largest residual of the training data (EDMConfig)."""
+    regression stage). kind "mean+edm" (CorrDiff, Mardani et al. 2025, Sec. 2): a frozen regression
+    network mu = M(0; 0, cond) plus EDM on the remainder r = y - mu,
+        D(x) = mu + c_skip (x - mu) + c_out F(c_in (x - mu); c_noise, cond),
+    which is the EDM denoiser of r shifted by mu: the ODE dx/dt = (x - D(x))/t is translation-equivariant,
+    so sampling x gives mu + a sample of r (starting from sigma_max n instead of mu + sigma_max n, an
+    offset of |mu| / sigma_max <= 0.5 noise std at the first step, which the first steps absorb as EDM's
+    own N(0, sigma_max^2) prior approximation does). Trained with the plain EDM loss on y and mean_net
+    frozen, the loss is exactly EDM's loss on r. In eval mode the result is clamped to
+    [-cond[:, :1], denoised_max]: the residual never makes the rate negative nor exceeds the largest
+    residual of the training data (EDMConfig)."""
 
     def __init__(self, net: torch.nn.Module, sigma_data: float, kind: str = "edm",
-                 denoised_max: float = math.inf):
+                 denoised_max: float = math.inf, mean_net: torch.nn.Module | None = None):
         super().__init__()
-        if kind not in ("edm", "regression"):
-            raise ValueError(f"kind must be 'edm' or 'regression', got {kind!r}")
+        if kind not in ("edm", "regression", "mean+edm"):
+            raise ValueError(f"kind must be 'edm', 'regression' or 'mean+edm', got {kind!r}")
+        if (kind == "mean+edm") != (mean_net is not None):
+            raise ValueError("kind 'mean+edm' needs a mean_net, and only it takes one")
         self.net = net
+        if mean_net is not None:
+            self.mean_net = mean_net
         self.sigma_data = float(sigma_data)
         self.kind = kind
         self.denoised_max = float(denoised_max)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def mean(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """mu = M(0; 0, cond) of a "mean+edm" denoiser, shaped like x."""
+        return self.mean_net(torch.zeros_like(x), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device),
+                             cond).to(x.dtype)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor,
+                mu: torch.Tensor | None = None) -> torch.Tensor:
+        """D(x; sigma, cond); mu: the "mean+edm" stage's mean when the caller computed it (the ONNX
+        export pads inputs itself and passes mu computed at the real size, edge-padded like x)."""
         sigma = sigma.to(x.dtype).reshape(-1)
         b = (-1,) + (1,) * (x.ndim - 1)
         if self.kind == "regression":
             out = self.net(torch.zeros_like(x), torch.zeros_like(sigma), cond).to(x.dtype)
         else:
+            if self.kind == "mean+edm" and mu is None:
+                mu = self.mean(x, cond)
+            r = x if mu is None else x - mu
             c_skip, c_out, c_in, c_noise = preconditioning(sigma, self.sigma_data)
-            f = self.net(x * c_in.view(b), c_noise, cond)
-            out = c_skip.view(b) * x + c_out.view(b) * f.to(x.dtype)
+            f = self.net(r * c_in.view(b), c_noise, cond)
+            out = c_skip.view(b) * r + c_out.view(b) * f.to(x.dtype)
+            if mu is not None:
+                out = out + mu
         if self.training:
             return out
         out = torch.maximum(out, -cond[:, : out.shape[1]].to(out.dtype))

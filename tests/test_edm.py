@@ -110,3 +110,40 @@ def test_preconditioned_wraps_network():
     # F = 0 leaves D = c_skip x.
     c_skip = 0.25 / (s ** 2 + 0.25)
     torch.testing.assert_close(d(x, s, None), c_skip.view(-1, 1, 1, 1) * x)
+
+
+class _Affine(torch.nn.Module):
+    """F(x; c_noise, cond) = a * x + b * cond: enough structure to check how Preconditioned composes it."""
+
+    def __init__(self, a, b):
+        super().__init__()
+        self.a, self.b = a, b
+
+    def forward(self, x, c_noise, cond):
+        return self.a * x + self.b * cond
+
+
+def test_mean_plus_edm_is_edm_of_the_remainder_shifted_by_the_mean():
+    """CorrDiff's design: D(x) = mu + D_r(x - mu), mu = M(0; 0, cond), so the probability-flow ODE
+    samples mu + r exactly when started from mu + sigma_max n (translation equivariance)."""
+    g = torch.Generator().manual_seed(3)
+    x, cond = torch.randn(3, 1, 5, 6, generator=g), torch.rand(3, 1, 5, 6, generator=g)
+    s = torch.tensor([0.05, 0.8, 6.0])
+    composite = edm.Preconditioned(_Affine(0.3, -0.7), 0.2, "mean+edm", mean_net=_Affine(5.0, 1.5))
+    plain = edm.Preconditioned(_Affine(0.3, -0.7), 0.2)
+    mu = 1.5 * cond                                   # M(0; 0, cond) of the mean net
+    torch.testing.assert_close(composite(x, s, cond), mu + plain(x - mu, s, cond))
+    sig = edm.karras_sigmas(6, 0.002, 8.0, 7.0, torch.float64)
+    n = torch.randn(3, 1, 5, 6, generator=g, dtype=torch.float64)
+    c64 = cond.double()
+    composite.double(), plain.double()
+    a = edm.sample(lambda y, t, c: composite(y, t, c), c64, lambda i: n + (1.5 * c64 / 8.0 if i == 0 else 0), sig)
+    b = edm.sample(lambda y, t, c: plain(y, t, c), c64, lambda i: n, sig)
+    torch.testing.assert_close(a, 1.5 * c64 + b, rtol=0, atol=1e-12)
+
+
+def test_mean_plus_edm_needs_its_mean_net():
+    with pytest.raises(ValueError, match="mean_net"):
+        edm.Preconditioned(_Affine(1, 0), 0.2, "mean+edm")
+    with pytest.raises(ValueError, match="mean_net"):
+        edm.Preconditioned(_Affine(1, 0), 0.2, "edm", mean_net=_Affine(1, 0))

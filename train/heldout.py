@@ -2,6 +2,7 @@
 trained on, scored against the strongest simple baselines, from the training checkpoints.
 
     python -m precipfast.train.heldout --ckpt checkpoints/v2 --out out/heldout [--steps 4,6,8,12,18]
+        [--corrections correction,correction_edm] [--perturb bias_low|bias_high|shift_3px|noisy]
 
 Cases: the wettest NaN-free 200 km windows of frames of qpe/20160922 (a whole held-out day; hours from
 03Z, away from the last training hour), mrms/conus (2019-06-10 half-hour means, another year and
@@ -63,7 +64,8 @@ def wettest_windows(frame: np.ndarray, size: int, k: int, stride: int = 20) -> l
 
 @torch.no_grad()
 def ensemble(den, cond_t: torch.Tensor, members: int, steps: int, sampler: dict, seed: int) -> torch.Tensor:
-    """(members, H, W) working-space residuals for one conditioning field (1, 1, H, W), members batched."""
+    """(members, H, W) working-space residuals for a conditioning field (1 or members, 1, H, W), members
+    batched (one conditioning field per member when the correction stage is an ensemble)."""
     sig = karras_sigmas(steps, sampler["sigma_min"], sampler["sigma_max"], sampler["rho"], torch.float32)
     gen = torch.Generator().manual_seed(seed)
     cond = cond_t.expand(members, -1, -1, -1)
@@ -84,10 +86,11 @@ def score_downscaling(ens: torch.Tensor, truth: torch.Tensor, baselines: dict) -
 
 
 def run(ckpt: Path, data_dir, *, members: int = 8, steps_list=(4, 6, 8, 12, 18), default_steps: int = 8,
-        seed: int = 0, degradation: DegradationConfig | None = None, qmap=None, cases=None) -> dict:
+        seed: int = 0, degradation: DegradationConfig | None = None, qmap=None, cases=None,
+        corrections: tuple[str, ...] | None = None) -> dict:
     from precipfast.train.checkpoint import load_checkpoint
     down, dcfg = load_checkpoint(ckpt / "downscaling")
-    corr, ccfg = load_checkpoint(ckpt / "correction") if (ckpt / "correction").is_dir() else (None, None)
+    corrections = correction_designs(ckpt, corrections)
     tcfg, f = _transform(dcfg), int(dcfg["data"]["scale_factor"])
     deg = degradation or DegradationConfig(**{k: v for k, v in dcfg["data"]["degradation"].items()})
     rows = []
@@ -102,10 +105,38 @@ def run(ckpt: Path, data_dir, *, members: int = 8, steps_list=(4, 6, 8, 12, 18),
             gen = torch.Generator().manual_seed(seed * 1_000_003 + t)
             sat_frame = degrade(torch.from_numpy(lr_frame), deg, gen).numpy()
             for (y, x) in wettest_windows(frame[:h, :w], SIZE, WINDOWS[source]):
-                rows.append(_case(source, t, y, x, frame[:h, :w], lr_frame, sat_frame, down, dcfg, corr, ccfg,
+                rows.append(_case(source, t, y, x, frame[:h, :w], lr_frame, sat_frame, down, dcfg, corrections,
                                   tcfg, f, members, steps_list, default_steps, seed, qmap))
     return {"rows": rows, "summary": summarise(rows, default_steps), "degradation": dataclasses.asdict(deg),
             "members": members, "default_steps": default_steps}
+
+
+def correction_designs(ckpt: Path, names: tuple[str, ...] | None = None) -> dict:
+    """{design name: (denoiser, config)} of every correction checkpoint under ckpt (correction,
+    correction_*): "regression" for a regression mean, "diffusion" for an EDM ensemble of corrections,
+    "regression+diffusion" for CorrDiff's regression mean plus diffusion on its remainder."""
+    from precipfast.train.checkpoint import load_checkpoint
+    out = {}
+    for d in sorted(ckpt.glob("correction*")) if names is None else [ckpt / n for n in names]:
+        if (d / "config.json").is_file():
+            den, cfg = load_checkpoint(d)
+            name = {"regression": "regression", "edm": "diffusion", "mean+edm": "regression+diffusion"}[cfg["edm"].get("kind", "edm")]
+            out[name if name not in out else d.name] = (den, cfg)
+        elif names is not None:
+            raise FileNotFoundError(f"no correction checkpoint in {d}")
+    return out
+
+
+def correct(den, cfg: dict, ctx: torch.Tensor, tcfg, members: int, seed: int) -> torch.Tensor:
+    """Corrected coarse fields (members, H, W) in mm/h of a satellite-like context window (H, W): the
+    regression mean repeated, or one diffusion sample per member (the runtime's per-member stage 1)."""
+    c = forward(ctx, tcfg)[None, None]
+    with torch.no_grad():
+        if cfg["edm"].get("kind") == "regression":
+            res = den(torch.zeros_like(c), torch.ones(1), c)[:, 0].expand(members, -1, -1)
+        else:
+            res = ensemble(den, c, members, int(cfg["sampler"]["num_steps"]), cfg["sampler"], seed)
+    return inverse(c[0] + res, tcfg)
 
 
 def _transform(cfg):
@@ -113,7 +144,7 @@ def _transform(cfg):
     return TransformConfig(**cfg["data"]["transform"])
 
 
-def _case(source, t, y, x, frame, lr_frame, sat_frame, down, dcfg, corr, ccfg, tcfg, f, members, steps_list,
+def _case(source, t, y, x, frame, lr_frame, sat_frame, down, dcfg, corrections, tcfg, f, members, steps_list,
           default_steps, seed, qmap) -> dict:
     truth = torch.from_numpy(np.ascontiguousarray(frame[y: y + SIZE, x: x + SIZE]))
     n = SIZE // f
@@ -132,20 +163,19 @@ def _case(source, t, y, x, frame, lr_frame, sat_frame, down, dcfg, corr, ccfg, t
     sat = torch.from_numpy(sat_frame[ly: ly + n, lx: lx + n].copy())
     row["sat_mae"] = nanmean((sat - lr).abs())
     row["sat_bilinear_mae"] = nanmean((bil(sat) - truth).abs())
-    designs = {"none": sat}
+    designs = {"none": sat[None]}
     if qmap is not None:
-        designs["qmap"] = torch.from_numpy(qmap(sat.numpy()))
-    if corr is not None:
-        y0, x0 = max(0, ly - CONTEXT), max(0, lx - CONTEXT)
-        ctx = torch.from_numpy(sat_frame[y0: ly + n + CONTEXT, x0: lx + n + CONTEXT].copy())
-        c = forward(ctx, tcfg)[None, None]
-        with torch.no_grad():
-            out = inverse(c[0, 0] + corr(torch.zeros_like(c), torch.ones(1), c)[0, 0], tcfg)
-        designs["regression"] = out[ly - y0: ly - y0 + n, lx - x0: lx - x0 + n]
+        designs["qmap"] = torch.from_numpy(qmap(sat.numpy()))[None]
+    y0, x0 = max(0, ly - CONTEXT), max(0, lx - CONTEXT)
+    ctx = torch.from_numpy(sat_frame[y0: ly + n + CONTEXT, x0: lx + n + CONTEXT].copy())
+    for name, (den, cfg) in corrections.items():
+        designs[name] = correct(den, cfg, ctx, tcfg, members, seed + 2)[:, ly - y0: ly - y0 + n, lx - x0: lx - x0 + n]
     for name, c_lr in designs.items():
-        cnd = upsample(forward(c_lr, tcfg)[None, None], f, "bilinear")
+        cnd = upsample(forward(c_lr, tcfg)[:, None], f, "bilinear")
         ens = inverse(cnd[:, 0] + ensemble(down, cnd, members, default_steps, dcfg["sampler"], seed + 1), tcfg)
-        row[f"two_{name}"] = {"coarse_mae": nanmean((c_lr - lr).abs()),
+        row[f"two_{name}"] = {"coarse_mae": nanmean((c_lr.mean(0) - lr).abs()),
+                              "coarse_crps": nanmean(crps_ensemble(c_lr, lr, fair=True)) if len(c_lr) > 1
+                              else nanmean((c_lr[0] - lr).abs()),
                               "crps": nanmean(crps_ensemble(ens, truth, fair=True)),
                               "p9999": float(torch.quantile(ens.flatten().double()[:2_000_000], 0.9999)),
                               "max": float(ens.max()), "mean_ratio": float(ens.mean() / truth.mean().clamp_min(1e-6))}
@@ -169,6 +199,8 @@ def summarise(rows: list, default_steps: int) -> dict:
         r = [row[key] for row in rows]
         out[key] = {"coarse_mae_over_input": float(np.sum([a["coarse_mae"] for a in r]) /
                                                    np.sum([row["sat_mae"] for row in rows])),
+                    "coarse_crps_over_input": float(np.sum([a["coarse_crps"] for a in r]) /
+                                                    np.sum([row["sat_mae"] for row in rows])),
                     "crps_over_bilinear_input": float(np.sum([a["crps"] for a in r]) /
                                                       np.sum([row["sat_bilinear_mae"] for row in rows])),
                     "worst_p9999_over_truth_max": max(a["p9999"] / max(row["truth_max"], 1e-6)
@@ -210,6 +242,8 @@ def main(argv=None) -> None:
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--steps", default="4,6,8,12,18")
     ap.add_argument("--default-steps", type=int, default=8)
+    ap.add_argument("--corrections", default=None,
+                    help="comma-separated correction checkpoint dirs under --ckpt (default: every correction*)")
     ap.add_argument("--perturb", choices=sorted(PERTURBATIONS), default=None,
                     help="score the two-stage path under a perturbed satellite-error model instead")
     args = ap.parse_args(argv)
@@ -226,7 +260,8 @@ def main(argv=None) -> None:
         deg, label, steps = dataclasses.replace(fitted, **PERTURBATIONS[args.perturb]), f"heldout_{args.perturb}", \
             (args.default_steps,)
     res = run(Path(args.ckpt), args.data, members=args.members, steps_list=steps, default_steps=args.default_steps,
-              qmap=qmap, degradation=deg)
+              qmap=qmap, degradation=deg,
+              corrections=tuple(args.corrections.split(",")) if args.corrections else None)
     (out / f"{label}.json").write_text(json.dumps(res, indent=1) + "\n")
     (out / f"{label}.md").write_text(markdown(res) + "\n")
     print(markdown(res))

@@ -65,18 +65,29 @@ def validate(denoiser, batch: dict, stage: str, data_cfg: DataConfig, sampler_cf
 
 def train(train_cfg: TrainConfig, data_cfg: DataConfig, unet_cfg: UNetConfig, edm_cfg: EDMConfig,
           sampler_cfg: SamplerConfig, train_data, val_data, out_dir: str | Path, *, device: str = "auto",
-          resume: bool = False, progress: bool = True) -> dict:
+          resume: bool = False, progress: bool = True, frozen: dict | None = None) -> dict:
     """Train one stage; writes checkpoints to out_dir and returns the final summary dict.
 
-    train_data / val_data: objects with `batch(batch_size, generator) -> dict(target, cond, base)`."""
+    train_data / val_data: objects with `batch(batch_size, generator) -> dict(target, cond, base)`.
+    frozen: {parameter name: tensor} loaded into the denoiser and never trained (the regression mean of
+    a "mean+edm" stage, edm.Preconditioned); the optimiser holds only the other parameters."""
     dev = resolve_device(device)
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
     torch.manual_seed(train_cfg.seed)
     out = Path(out_dir)
     net = build_denoiser(unet_cfg, edm_cfg).to(dev).train()
+    if frozen:
+        params = dict(net.named_parameters())
+        unknown = sorted(set(frozen) - set(params))
+        if unknown:
+            raise ValueError(f"frozen weights {unknown[:3]} are not parameters of the {edm_cfg.kind} denoiser")
+        with torch.no_grad():
+            for name, value in frozen.items():
+                params[name].copy_(value).requires_grad_(False)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     config = {"stage": train_cfg.stage, "unet": to_dict(unet_cfg), "edm": to_dict(edm_cfg),
               "sampler": to_dict(sampler_cfg), "data": to_dict(data_cfg), "train": to_dict(train_cfg),
               "precipfast_version": _version.__version__, "step": 0, "history": []}
@@ -110,7 +121,7 @@ def train(train_cfg: TrainConfig, data_cfg: DataConfig, unet_cfg: UNetConfig, ed
             loss = batch_loss(net, batch["target"].to(dev), batch["cond"].to(dev), edm_cfg, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), train_cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, train_cfg.grad_clip)
         opt.step()
         ema_update(ema, net, step, train_cfg.ema_halflife_steps)
         lv = loss.detach().item()

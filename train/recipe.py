@@ -2,6 +2,8 @@
 
     python -m precipfast.train.recipe --stage downscaling --out checkpoints/v2/downscaling [--resume]
     python -m precipfast.train.recipe --stage correction  --out checkpoints/v2/correction  [--resume]
+    python -m precipfast.train.recipe --stage correction --kind mean+edm --mean checkpoints/v2/correction \
+        --out checkpoints/v2/correction_mean_edm    (CorrDiff: diffusion on the regression's remainder)
 
 Stage 2 (downscaling) is an EDM diffusion model of the 1 km residual over bilinear interpolation of the
 mean-pooled field. Stage 1 (correction) is a deterministic regression mean of the coarse residual
@@ -24,27 +26,49 @@ from precipfast.train.data import PairDataset
 MARGIN = 0.5   # working-space headroom above the largest training residual (x1.65 in rate)
 
 
-def configs(stage: str) -> dict:
-    """UNet, EDM (without the measured fields), sampler, data and train configs of one stage."""
+def configs(stage: str, kind: str | None = None) -> dict:
+    """UNet, EDM (without the measured fields), sampler, data and train configs of one stage. kind
+    "edm" makes the correction stage a diffusion model of the coarse residual (an ensemble of corrected
+    fields, one per member) instead of the regression mean (MODEL_CARD.md compares the two)."""
     data = DataConfig()
     if stage == "downscaling":
         return dict(unet=UNetConfig(model_channels=16, channel_mult=(1, 2, 2), attn_levels=(2,)),
                     edm=EDMConfig(), sampler=SamplerConfig(num_steps=8), data=data,
                     train=TrainConfig(stage=stage, steps=2500, batch_size=16, lr=2e-3, warmup_steps=100,
                                       ema_halflife_steps=200, val_every=500, checkpoint_every=250, threads=1))
+    kind = kind or "regression"
     return dict(unet=UNetConfig(model_channels=16, channel_mult=(1, 2, 2), attn_levels=(2,)),
-                edm=EDMConfig(kind="regression"), sampler=SamplerConfig(num_steps=2),
+                edm=EDMConfig(kind=kind), sampler=SamplerConfig(num_steps=2 if kind == "regression" else 8),
                 data=dataclasses.replace(data, patch_lr=32),
                 train=TrainConfig(stage=stage, steps=1500, batch_size=32, lr=1e-3, warmup_steps=100,
                                   ema_halflife_steps=200, val_every=500, checkpoint_every=250, threads=1))
 
 
-def measured_edm(edm: EDMConfig, train_data: PairDataset, n: int = 2048, seed: int = 0) -> EDMConfig:
-    """sigma_data = std of the residual targets; denoised_max = their maximum + MARGIN (4 decimals)."""
+def measured_edm(edm: EDMConfig, train_data: PairDataset, n: int = 2048, seed: int = 0,
+                 mean_net=None) -> EDMConfig:
+    """sigma_data = std of the residual targets (of the remainder target - mean_net(cond) for a
+    "mean+edm" stage); denoised_max = the targets' maximum + MARGIN (4 decimals)."""
     gen = torch.Generator().manual_seed(seed)
-    t = torch.cat([train_data.batch(64, gen)["target"].double() for _ in range(n // 64)])
-    return dataclasses.replace(edm, sigma_data=round(float(t.std()), 4),
+    batches = [train_data.batch(64, gen) for _ in range(n // 64)]
+    t = torch.cat([b["target"].double() for b in batches])
+    spread = t
+    if mean_net is not None:
+        with torch.no_grad():
+            mu = torch.cat([mean_net(torch.zeros_like(b["target"]), torch.zeros(len(b["target"])), b["cond"]).double()
+                            for b in batches])
+        spread = t - mu
+    return dataclasses.replace(edm, sigma_data=round(float(spread.std()), 4),
                                denoised_max=round(float(t.max()) + MARGIN, 4))
+
+
+def regression_mean(ckpt_dir) -> tuple[torch.nn.Module, dict]:
+    """The frozen regression network of a "mean+edm" stage, from a regression checkpoint: (its raw
+    U-Net, its weights renamed to the mean_net.* parameters of edm.Preconditioned)."""
+    from precipfast.train.checkpoint import load_checkpoint
+    den, cfg = load_checkpoint(ckpt_dir)
+    if cfg["edm"].get("kind") != "regression":
+        raise ValueError(f"{ckpt_dir} is a {cfg['edm'].get('kind')!r} checkpoint; --mean needs a regression one")
+    return den.net, {f"mean_net.{k}": v for k, v in den.net.state_dict().items()}
 
 
 def main(argv=None) -> None:
@@ -57,24 +81,33 @@ def main(argv=None) -> None:
     ap.add_argument("--stage", choices=["correction", "downscaling"], required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--kind", choices=["regression", "edm", "mean+edm"], default=None,
+                    help="the correction stage's model (default: the recipe's, regression)")
+    ap.add_argument("--mean", default=None,
+                    help="mean+edm: the regression checkpoint whose network is the frozen mean (CorrDiff)")
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's optimiser steps")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
-    c = configs(args.stage)
+    c = configs(args.stage, args.kind)
     if args.steps:
         c["train"] = dataclasses.replace(c["train"], steps=args.steps)
     torch.set_num_threads(c["train"].threads or torch.get_num_threads())
     train_data = PairDataset(c["data"], args.stage, "train", args.data)
     val_data = PairDataset(c["data"], args.stage, "val", args.data)
+    mean_net, frozen = None, None
+    if c["edm"].kind == "mean+edm":
+        if not args.mean:
+            ap.error("--kind mean+edm needs --mean REGRESSION_CHECKPOINT")
+        mean_net, frozen = regression_mean(args.mean)
     if args.resume and (Path(args.out) / "config.json").is_file():
         edm = from_dict(EDMConfig, read_config(args.out)["edm"])   # measured once, at the start
     else:
-        edm = measured_edm(c["edm"], train_data)
+        edm = measured_edm(c["edm"], train_data, mean_net=mean_net)
     print(json.dumps({"stage": args.stage, "sigma_data": edm.sigma_data, "denoised_max": edm.denoised_max}),
           flush=True)
     summary = train(c["train"], c["data"], c["unet"], edm, c["sampler"], train_data, val_data, args.out,
-                    device=args.device, resume=args.resume, progress=True)
+                    device=args.device, resume=args.resume, progress=True, frozen=frozen)
     print(json.dumps(summary["history"][-1] if summary["history"] else {}), flush=True)
 
 

@@ -168,3 +168,35 @@ def test_default_bundle_path(tmp_path, monkeypatch):
     assert default_bundle_path(must_exist=False) == tmp_path / "bundles" / "default"
     with pytest.raises(EngineMismatchError, match="no default model bundle at .*pass --model BUNDLE"):
         default_bundle_path()
+
+
+def test_mean_plus_edm_stage_round_trips_with_onnx_parity(tmp_path):
+    """CorrDiff's correction (regression mean + diffusion on the remainder, edm.Preconditioned kind
+    "mean+edm") ships as one stage: both networks in one weights file and one ONNX graph, parity checked
+    at export, rebuilt by the runtime from the manifest."""
+    import numpy as np
+    from precipfast.config import EDMConfig, SamplerConfig, UNetConfig
+    from precipfast.denoiser import build_denoiser
+    from precipfast.runtime.backends import ort_session
+    torch.manual_seed(4)
+    edm = EDMConfig(sigma_data=0.2, kind="mean+edm", denoised_max=4.0)
+    den = build_denoiser(UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(), cond_channels=1), edm)
+    with torch.no_grad():   # |mu| of order 1, like a trained regression mean (large random means cancel in x - mu)
+        for name, p in den.named_parameters():
+            p.normal_(0.0, 0.05 if name.startswith("mean_net.") else 0.15)
+    den.eval()
+    cfg = {"unet": to_dict(den.net.cfg), "edm": to_dict(edm), "sampler": to_dict(SamplerConfig(num_steps=8))}
+    out = write_bundle(tmp_path / "b", {"correction": (den, cfg)}, **COMMON)
+    assert json.loads((out / "parity.json").read_text())["correction"]["passed"]
+    loaded = load_denoisers(out)["correction"]
+    assert loaded.kind == "mean+edm"
+    x, sigma, cond = torch.randn(2, 1, 21, 30), torch.tensor([0.01, 3.0]), torch.rand(2, 1, 21, 30)
+    with torch.inference_mode():
+        ref = den(x, sigma, cond)
+        assert torch.equal(loaded(x, sigma, cond), ref)
+        without_mean = type(den)(den.net, 0.2, "edm", 4.0).eval()(x, sigma, cond)   # the diffusion net alone
+    got = ort_session(out / "correction.onnx", threads=1).run(
+        None, {"x": x.numpy(), "sigma": sigma.numpy(), "cond": cond.numpy()})[0]
+    assert np.abs(got - ref.numpy()).max() <= 1e-4 * np.abs(ref.numpy()).max()
+    # The mean network is in the graph: leaving it out moves D far more than the export's rounding.
+    assert np.abs(got - without_mean.numpy()).max() > 100 * np.abs(got - ref.numpy()).max()

@@ -88,3 +88,24 @@ def test_warmup_then_decay():
     assert lr_at(9, tc) == pytest.approx(1.0)
     assert lr_at(99, tc) == pytest.approx(0.1, abs=0.01)
     assert all(lr_at(s, tc) >= lr_at(s + 1, tc) for s in range(10, 99))
+
+
+def test_frozen_mean_is_never_trained(tmp_path):
+    """A "mean+edm" stage trains only its diffusion net: the regression mean it was given stays exact."""
+    data = FixedBatch()
+    reg = build_denoiser(TINY, EDMConfig(sigma_data=0.3, kind="regression"))
+    frozen = {f"mean_net.{k}": v.clone() for k, v in reg.net.state_dict().items()}
+    t, d, u, _, s = _cfgs(3)
+    torch.manual_seed(t.seed)                               # train() seeds the same way before building
+    init = build_denoiser(u, EDMConfig(sigma_data=0.1, kind="mean+edm")).net.state_dict()
+    train(t, d, u, EDMConfig(sigma_data=0.1, kind="mean+edm"), s, data, data, tmp_path / "m", device="cpu",
+          progress=False, frozen=frozen)
+    for which in ("ema", "model"):
+        den, _ = load_checkpoint(tmp_path / "m", which)
+        for k, v in den.mean_net.state_dict().items():
+            assert torch.equal(v, frozen[f"mean_net.{k}"]), (which, k)
+        changed = [k for k, v in den.net.state_dict().items() if not torch.equal(v, init[k])]
+        assert changed                                     # while the diffusion net did train
+    with pytest.raises(ValueError, match="not parameters"):
+        train(t, d, u, EDMConfig(sigma_data=0.1), s, data, data, tmp_path / "n", device="cpu", progress=False,
+              frozen=frozen)
