@@ -35,7 +35,6 @@ pixel that a missing coarse pixel covers (`missing_mask(field, factor)`).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ import h5py
 import numpy as np
 
 from precipfast.errors import InputFormatError
+from precipfast.runtime.bundle import sha256_file as file_sha256  # noqa: F401 (re-exported)
 from precipfast.runtime.latlon import check_bbox, crop, lat_order, lon_order, pixel_deg
 from precipfast.runtime.rates import rate_problem
 
@@ -129,14 +129,6 @@ def missing_mask(field: InputField, factor: int = 1) -> np.ndarray:
     """(T, H*factor, W*factor) bool: True where the coarse input pixel was missing (NaN)."""
     m = np.isnan(field.precip)
     return m if factor == 1 else m.repeat(factor, axis=1).repeat(factor, axis=2)
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------- layout

@@ -103,18 +103,23 @@ def select_times(n: int, times) -> list[int]:
     return out
 
 
+def _read_covering(path, box, variable, what: str, label: str, ens: EnsembleFile):
+    """read_input cropped to box; a file that does not reach the box says so against the ensemble's grid."""
+    try:
+        return read_input(path, bbox=box, variable=variable)
+    except InputFormatError as e:
+        if "contains no pixel centre" not in str(e):
+            raise
+        raise InputFormatError(f"{what} does not cover the ensemble grid: {ens.describe()}; "
+                               f"{label}: {e}") from None
+
+
 def read_truth(path, variable, ens: EnsembleFile):
     """The truth cropped to the ensemble's box (half a pixel around it), checked against its grid."""
     half = 0.5 * ens.pixel_deg
     box = (max(-90.0, ens.lat.min() - half), min(90.0, ens.lat.max() + half),
            max(-180.0, ens.lon.min() - half), min(180.0, ens.lon.max() + half))
-    try:
-        truth = read_input(path, bbox=box, variable=variable)
-    except InputFormatError as e:
-        if "contains no pixel centre" not in str(e):
-            raise
-        raise InputFormatError(f"the truth grid does not cover the ensemble grid: {ens.describe()}; "
-                               f"truth: {e}") from None
+    truth = _read_covering(path, box, variable, "the truth grid", "truth", ens)
     same = truth.precip.shape[1:] == (ens.lat.size, ens.lon.size)
     if not same or np.abs(truth.lat - ens.lat).max() > half or np.abs(truth.lon - ens.lon).max() > half:
         raise InputFormatError(f"grids differ: {_describe(f'truth {path!s}', truth.lat, truth.lon)}"
@@ -196,13 +201,7 @@ def read_coarse_input(ens: EnsembleFile, input_path, variable, notes):
         pad = 2.5 * COARSE_DEG  # no coarse grid recorded: keep a margin for the interpolation
         box = (ens.lat.min() - pad, ens.lat.max() + pad, ens.lon.min() - pad, ens.lon.max() + pad)
     box = (max(box[0], -90.0), min(box[1], 90.0), max(box[2], -180.0), min(box[3], 180.0))
-    try:
-        field = read_input(path, bbox=box, variable=variable)
-    except InputFormatError as e:
-        if "contains no pixel centre" not in str(e):
-            raise
-        raise InputFormatError(f"the coarse input does not cover the ensemble grid: {ens.describe()}; "
-                               f"input: {e}") from None
+    field = _read_covering(path, box, variable, "the coarse input", "input", ens)
     if lat_c is not None:
         half = 0.5 * abs(float(lat_c[1] - lat_c[0]))
         if (field.precip.shape[1:] != (lat_c.size, lon_c.size) or np.abs(field.lat - lat_c).max() > half

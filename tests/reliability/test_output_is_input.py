@@ -16,27 +16,23 @@ def links(work):
     return work
 
 
-@pytest.mark.parametrize("out, how", [
+SAME_FILE = [(out, f"output '{out}' is the input file 'in.h5' ({how}); choose another -o") for out, how in [
     ("in.h5", "the same path"),
     ("./sub/../in.h5", "the same path"),
     ("link.h5", "the same file through symbolic links"),
     ("here/in.h5", "the same file through symbolic links"),
     ("hard.h5", "a hard link to it"),
-])
-def test_output_is_the_input(links, tiny_bundle, monkeypatch, out, how):
-    monkeypatch.chdir(links)
-    before = snapshot(links)
-    res = cli("sample", "in.h5", "-o", out, "--model", tiny_bundle, "--overwrite", *FAST)
-    one_line(res, 1, f"output '{out}' is the input file 'in.h5' ({how}); choose another -o")
-    assert snapshot(links) == before
-
-
-@pytest.mark.parametrize("out, message", [
+]]
+DIRECTORY = [
     ("newdir/", "output 'newdir/' ends with '/'; expected a file path"),
     ("sub/", "output 'sub' is a directory; expected a file path"),
     ("sub", "output 'sub' is a directory; expected a file path"),
-])
-def test_output_names_a_directory(links, tiny_bundle, monkeypatch, out, message):
+]
+
+
+@pytest.mark.parametrize("out, message", SAME_FILE + DIRECTORY)
+def test_output_is_the_input_or_a_directory(links, tiny_bundle, monkeypatch, out, message):
+    """Refused before anything runs, even with --overwrite: nothing in the directory changes."""
     monkeypatch.chdir(links)
     before = snapshot(links)
     res = cli("sample", "in.h5", "-o", out, "--model", tiny_bundle, "--overwrite", *FAST)
