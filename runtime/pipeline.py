@@ -100,7 +100,9 @@ class Pipeline:
         runs = {}
         for s in wanted:  # a stage the bundle lacks is refused by bundle.stage (via unet or get_backend)
             mb = opts.max_batch or memory.auto_max_batch(bundle.unet(s), opts.tile, budget, device_type=dev.type)
-            backend = get_backend(name, bundle, s, dev, options=BackendOptions(max_batch=mb, max_hw=opts.tile))
+            options = BackendOptions(max_batch=mb, max_hw=opts.tile, precision=opts.precision,
+                                     torch_compile=opts.torch_compile, cuda_graphs=opts.cuda_graphs)
+            backend = get_backend(name, bundle, s, dev, options=options)
             runs[s] = StageRun(s, backend, bundle.sampler(s), Tiling(opts.tile, opts.overlap, mb),
                                tuple(bundle.cond_names(s)))
         return cls(bundle, runs, dev, name, opts, budget)
