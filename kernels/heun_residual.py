@@ -260,7 +260,10 @@ class TritonStep(ReferenceStep):
     def _member_ids(self, win: NoiseWindow, device) -> torch.Tensor:
         key = (win.members, str(device))
         if key not in self._ids:
-            self._ids = {key: torch.tensor(win.members, dtype=torch.int64, device=device)}
+            ids = torch.tensor(win.members, dtype=torch.int64)
+            if device.type == "cuda":  # from pinned memory, asynchronously: no host wait even here
+                ids = ids.pin_memory().to(device, non_blocking=True)
+            self._ids = {key: ids}
         return self._ids[key]
 
     def init(self, shape, t0, win, *, dtype=torch.float32, device=None):
