@@ -151,7 +151,9 @@ class TileBlender:
         self._done = False
 
     def add(self, tile: Tile, values: torch.Tensor, weights: torch.Tensor | None = None) -> None:
-        """Add one tile's field (..., h, w); weights default to `blend_weights` of the tile."""
+        """Add one tile's field (..., h, w); weights default to `blend_weights` of the tile (strictly
+        positive). Weights passed in must be positive too: `result` checks that the tiles cover the
+        domain, not the weights' values, which it would have to read back from the device."""
         if self._done:
             raise RuntimeError("TileBlender.add after result(): call reset() to start a new blend")
         height, width = self.shape[-2:]
