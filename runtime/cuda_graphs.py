@@ -50,6 +50,8 @@ class GraphedDenoiser:
             raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
         if warmup < 1:
             raise ValueError(f"warmup must be >= 1 call, got {warmup}")
+        if device.index is None:  # "cuda" means the current device; tensors say "cuda:N"
+            device = torch.device("cuda", torch.cuda.current_device())
         self.fn, self.device, self.warmup = fn, device, warmup
         self.graphs: dict[tuple, _Captured] = {}
         self._pool = None  # shared memory pool of every graph (see the module docstring)

@@ -54,7 +54,7 @@ def no_tf32(monkeypatch):
 @CUDA
 def test_replay_equals_eager_for_two_shapes_and_follows_new_inputs(no_tf32):
     den = _denoiser().cuda()
-    graphed = GraphedDenoiser(den, torch.device("cuda"))
+    graphed = GraphedDenoiser(den, torch.device("cuda"))  # no index: the current device, as tensors say
     with torch.inference_mode():
         for k, (batch, hw) in enumerate([(4, (32, 48)), (3, (40, 40))]):
             first_in = _inputs(batch, hw, 10 * k, "cuda")
@@ -97,8 +97,11 @@ def test_compiled_and_graphed_backend_matches_eager(no_tf32):
     eager = TorchBackend(den, "cuda")
     fast = TorchBackend(den, "cuda", compile=True, cuda_graphs=True)
     args = _inputs(4, (32, 32), 3, "cuda")
-    # Inductor fuses the element-wise work and may reorder fp32 sums: a few ulp through ~20 layers.
-    torch.testing.assert_close(fast(*args), eager(*args), rtol=1e-4, atol=1e-5)
+    out, ref = fast(*args), eager(*args)
+    # Inductor fuses the element-wise work and reorders fp32 sums (GroupNorm's reductions): a few ulp
+    # per layer through ~20 layers, far under 1e-4 of the whole (METHOD.md: fp32 lands far under 1e-3).
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-4
+    assert len(fast._fn.graphs) == 1  # the compiled function was captured, once
 
 
 @pytest.mark.gpu
