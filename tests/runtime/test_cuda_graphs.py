@@ -143,15 +143,15 @@ def torch_bundle(tmp_path_factory):
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, CUDA])])
 def test_pipeline_members_with_the_fast_settings(torch_bundle, device):
-    """The public route end to end: both stages; bf16 on the CPU, bf16 + CUDA graphs + torch.compile on
-    the GPU. Members stay finite and within their rounding of the float32 eager members, far closer
-    than members are to one another."""
+    """The public route end to end: both stages; bf16 on the CPU, bf16 + CUDA graphs on the GPU (compile
+    + graphs are checked on the backend above; compiling both stages here would double the test's
+    time). Members stay finite and within their rounding of the float32 eager members, far closer than
+    members are to one another."""
     import numpy as np
     from precipfast.runtime.pipeline import Pipeline
     lr = np.abs(np.random.default_rng(0).normal(2.0, 2.0, (12, 14))).astype(np.float32)
     common = dict(backend="torch", device=device, tile=32, overlap=8, max_batch=6)
-    fast_settings = {"precision": "bf16"} if device == "cpu" else {"precision": "bf16", "cuda_graphs": True,
-                                                                    "torch_compile": True}
+    fast_settings = {"precision": "bf16"} if device == "cpu" else {"precision": "bf16", "cuda_graphs": True}
     ref = Pipeline.from_bundle(torch_bundle, **common).sample(lr, members=3, steps=4, seed=1)["precip"]
     fast = Pipeline.from_bundle(torch_bundle, **fast_settings, **common).sample(lr, members=3, steps=4,
                                                                                 seed=1)["precip"]
@@ -159,5 +159,5 @@ def test_pipeline_members_with_the_fast_settings(torch_bundle, device):
     moved = np.sqrt(np.mean((fast - ref) ** 2))
     spread = np.sqrt(np.mean((ref[0] - ref[1]) ** 2))
     # bf16 on the CPU moved the members by 3e-4 of the spread (the cpu case here); 2e-2
-    # allows for CUDA's other roundings and for Inductor's fusions.
+    # allows for CUDA's other roundings (and TF32 in the float32 reference's convolutions).
     assert 0 < moved < 0.02 * spread, (moved, spread)
