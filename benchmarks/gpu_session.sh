@@ -4,12 +4,14 @@
 #
 #     bash benchmarks/gpu_session.sh                         # writes everything under $OUT
 #
-# Steps, each under its own `timeout` (8 minutes 10 s in all at most; typically less):
+# Steps, each under its own `timeout` (8 minutes 25 s in all at most; typically less):
 #   1. env          nvidia-smi, python/torch/triton versions, the source-tree import check      15 s
 #   2. pytest       the Triton kernels against the reference compiled on the GPU (tests/kernels),
 #                   CUDA graphs, the torch backend's CUDA path, no host syncs in the step loop   160 s
 #   3. kernels      bench_kernels --mode step: reference / in place / Triton, fp32 and bf16
-#                   denoised, GB/s against the measured copy bandwidth (CUDA events)            75 s
+#                   denoised, GB/s against the measured copy bandwidth (CUDA events)            60 s
+#      churn        the churn (noise) alone, in place vs Triton: the reference draws its noise
+#                   on the host, seconds per call at CONUS size, so it is left out here           30 s
 #   4. sampler      bench_cuda: 30 members, 18 Heun steps, one 128 px tile and the peer's 512^2,
 #                   plain PyTorch baseline vs bf16 + compile + graphs + Triton, vs the peer     240 s
 #   5. summary      a short table (printed last, so the tool's output tail shows it)
@@ -30,16 +32,15 @@ PY=${PYTHON:-python3}
 SMOKE=${GPU_SESSION_SMOKE:-0}
 mkdir -p "$OUT"
 export PY PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-: >"$OUT/steps.txt"
-: >"$OUT/session.log"
+for f in env.txt pytest.txt bench_kernels.jsonl bench_cuda.jsonl session.log steps.txt; do : >"$OUT/$f"; done
 
-# step NAME LIMIT_S STDOUT_FILE STDERR_FILE CMD...: CMD under `timeout`, its output into the two files
-# (stderr appended), its exit status and wall time into steps.txt.
+# step NAME LIMIT_S STDOUT_FILE STDERR_FILE CMD...: CMD under `timeout`, its output appended to the two
+# files, its exit status and wall time to steps.txt.
 step() {
     local name=$1 limit=$2 out=$3 err=$4 t0 rc
     shift 4
     t0=$(date +%s)
-    timeout --kill-after=10 "$limit" "$@" >"$out" 2>>"$err"
+    timeout --kill-after=10 "$limit" "$@" >>"$out" 2>>"$err"
     rc=$?
     echo "$name: exit $rc in $(($(date +%s) - t0)) s (limit $limit s)$([ $rc -eq 124 ] && echo ', TIMED OUT')" \
         >>"$OUT/steps.txt"
@@ -66,17 +67,21 @@ EOF
 if [ "$SMOKE" = 1 ]; then
     TESTS=(tests/kernels/test_heun_residual.py -k "registry or launchers")
     KERNELS=(--sizes tiles_30x128 --ops step --repeat 1 --threads 1)
+    CHURN=(--sizes tiles_30x128 --impls inplace --repeat 1 --threads 1)
     SAMPLER=(--members 2 --domains 32 40x56 --tile 32 --overlap 8 --steps 2 --repeat 1 --threads 1)
 else
     TESTS=(tests/kernels tests/runtime/test_cuda_graphs.py tests/runtime/test_noise.py::test_cuda_matches_cpu)
-    KERNELS=(--repeat 20)
+    KERNELS=(--ops step finish --repeat 20)
+    CHURN=(--impls inplace triton --repeat 10)
     SAMPLER=(--members 30 --domains 128 512 --steps 18 --repeat 3)
 fi
 
 step env 15 "$OUT/env.txt" "$OUT/env.txt" bash -c "$(declare -f env_info); env_info"
 step pytest 160 "$OUT/pytest.txt" "$OUT/pytest.txt" "$PY" -m pytest -q -rs -p no:cacheprovider "${TESTS[@]}"
-step kernels 75 "$OUT/bench_kernels.jsonl" "$OUT/session.log" \
+step kernels 60 "$OUT/bench_kernels.jsonl" "$OUT/session.log" \
     "$PY" -m precipfast.benchmarks.bench_kernels --mode step "${KERNELS[@]}"
+step churn 30 "$OUT/bench_kernels.jsonl" "$OUT/session.log" \
+    "$PY" -m precipfast.benchmarks.bench_kernels --mode step --ops churn "${CHURN[@]}"
 step sampler 240 "$OUT/bench_cuda.jsonl" "$OUT/session.log" "$PY" -m precipfast.benchmarks.bench_cuda "${SAMPLER[@]}"
 cat "$OUT/steps.txt"
 "$PY" -m precipfast.benchmarks.session_summary "$OUT"

@@ -21,12 +21,12 @@ def test_session_script_dry_run(tmp_path):
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == FILES and len(FILES) <= 8
     steps = (tmp_path / "steps.txt").read_text().splitlines()
-    assert [s.split(":")[0] for s in steps] == ["env", "pytest", "kernels", "sampler"]
+    assert [s.split(":")[0] for s in steps] == ["env", "pytest", "kernels", "churn", "sampler"]
     assert all(": exit 0 in " in s for s in steps), steps
     env_txt = (tmp_path / "env.txt").read_text()
     assert f"precipfast from {ROOT / 'kernels'}" in env_txt  # this checkout's code, not an installed copy
     kernels = [json.loads(line) for line in (tmp_path / "bench_kernels.jsonl").read_text().splitlines()]
-    assert {r["impl"] for r in kernels} == {"reference", "inplace"}
+    assert {(r["impl"], r["op"]) for r in kernels} == {("reference", "step"), ("inplace", "step"), ("inplace", "churn")}
     sampler = [json.loads(line) for line in (tmp_path / "bench_cuda.jsonl").read_text().splitlines()]
     assert [r["variant"] for r in sampler] == ["baseline", "precipfast", "comparison"] * 2
     summary = (tmp_path / "summary.txt").read_text()
