@@ -9,7 +9,8 @@ Here: precipfast's U-Net of the same shape (`CORRDIFF_UNET`: 32 channels, mult 1
 parameter count is printed) samples the same work, 30 members over a domain cut into 128 px tiles, two
 ways in one run, same weights, same noise:
 
-  baseline    plain PyTorch: eager float32 denoiser and the allocating reference step
+  baseline    plain PyTorch: eager float32 denoiser and the allocating reference step, whose initial
+              noise is drawn on the host (runtime/noise.py) and copied over (no churn: S_churn = 0)
   precipfast  bf16 autocast + torch.compile + CUDA graphs + the fused Triton step (each switchable;
               on the CPU only what runs there: autocast and the in-place step)
 
