@@ -66,6 +66,32 @@ def time_calls(fn: Callable[[], object], repeat: int, warmup: int = 2, sync: Cal
             "repeat": repeat}
 
 
+def time_cuda(fn: Callable[[], object], repeat: int, warmup: int = 3, flush_mib: int = 256) -> dict:
+    """Device time of `fn` from CUDA events around each call, p20/p50/p80 in ms, as
+    `triton.testing.do_bench` measures: warm-up calls first, then before each timed call a write of
+    `flush_mib` MiB evicts the L2 cache (60 MB on an H200), so a field that fits in L2 is still read
+    from device memory. Events time the GPU only; for host-bound work use `time_calls`."""
+    import torch
+
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    flush = torch.empty(flush_mib * 2 ** 18, dtype=torch.int32, device="cuda")
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeat)]
+    for start, end in events:
+        flush.zero_()
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    ms = [start.elapsed_time(end) for start, end in events]
+    q = statistics.quantiles(ms, n=10, method="inclusive") if len(ms) > 1 else [ms[0]] * 9
+    return {"p20_ms": round(q[1], 4), "p50_ms": round(statistics.median(ms), 4), "p80_ms": round(q[7], 4),
+            "repeat": repeat, "timer": "cuda_events"}
+
+
 def _git_sha() -> str:
     root = Path(__file__).resolve().parent.parent
     try:

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from precipfast.benchmarks._emit import emit, time_calls
+from precipfast.benchmarks._emit import emit, time_calls, time_cuda
 from precipfast.config import SamplerConfig, TransformConfig
 from precipfast.kernels.heun_residual import STEP_IMPLS, NoiseWindow, get_step_impl
 from precipfast.kernels._triton import unavailable_reason
@@ -53,17 +53,17 @@ def bytes_per_pixel(impl: str, op: str, den_bytes: int) -> int:
 
 
 def _copy_gbps(device, n: int) -> float:
-    """Measured device copy bandwidth (read + write) for n float32 elements: the ceiling to compare to."""
-    a = torch.empty(n, device=device)
+    """Measured device copy bandwidth (read + write) for n float32 elements: the ceiling to compare to,
+    timed as the kernels are (CUDA events, L2 flushed before each call)."""
+    a = torch.randn(n, device=device)  # never time on zeros (METHOD.md)
     b = torch.empty_like(a)
-    t = time_calls(lambda: b.copy_(a), repeat=10, sync=torch.cuda.synchronize)
+    t = time_cuda(lambda: b.copy_(a), repeat=20)
     return 8 * n / (t["p50_ms"] * 1e-3) / 1e9
 
 
 def bench_step(device: str, impls, sizes, den_dtypes, repeat: int, ops=("step", "churn", "finish")):
     """Yields one record per (size, denoised dtype, implementation, op), the reference first."""
     dev = torch.device(device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else None
     ref_ms = {}
     for size_name in sizes:
         e, h, w = SIZES[size_name]
@@ -88,7 +88,9 @@ def bench_step(device: str, impls, sizes, den_dtypes, repeat: int, ops=("step", 
                 for op, fn in ((k, v) for k, v in fns.items() if k in ops):
                     if impl != "reference":  # each op overwrites inputs: restore them between ops
                         xs.copy_(x_hat), dh.copy_(den_hat), dn.copy_(den_next)
-                    t = time_calls(fn, repeat=repeat, warmup=1, sync=sync)
+                    # CUDA: device time from events (host timing would add ~10 us of launch and sync to
+                    # kernels of a few us); CPU: wall time.
+                    t = time_cuda(fn, repeat) if dev.type == "cuda" else time_calls(fn, repeat=repeat, warmup=1)
                     nbytes = bytes_per_pixel(impl, op, dsz) * x_hat.numel()
                     rec = {"bench": "kernels", "mode": "step", "size": size_name, "shape": list(shape),
                            "device": str(dev), "impl": impl, "op": op, "denoised_dtype": str(den_dtype)[6:],

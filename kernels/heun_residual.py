@@ -41,7 +41,8 @@ from precipfast.kernels._triton import unavailable_reason
 from precipfast.kernels.philox_noise import NoiseWindow, member_noise, member_noise_inplace, member_noise_reference
 from precipfast.transform import inverse
 
-__all__ = ["ReferenceStep", "InplaceStep", "TritonStep", "STEP_IMPLS", "get_step_impl", "NoiseWindow"]
+__all__ = ["ReferenceStep", "InplaceStep", "TritonStep", "STEP_IMPLS", "get_step_impl", "step_impl_name",
+           "NoiseWindow"]
 
 
 def churn_levels(t_cur: float, gamma: float, s_noise: float) -> tuple[float, float]:
@@ -260,7 +261,10 @@ class TritonStep(ReferenceStep):
     def _member_ids(self, win: NoiseWindow, device) -> torch.Tensor:
         key = (win.members, str(device))
         if key not in self._ids:
-            self._ids = {key: torch.tensor(win.members, dtype=torch.int64, device=device)}
+            ids = torch.tensor(win.members, dtype=torch.int64)
+            if device.type == "cuda":  # from pinned memory, asynchronously: no host wait even here
+                ids = ids.pin_memory().to(device, non_blocking=True)
+            self._ids = {key: ids}
         return self._ids[key]
 
     def init(self, shape, t0, win, *, dtype=torch.float32, device=None):
@@ -290,10 +294,10 @@ STEP_IMPLS = {"reference": ReferenceStep, "inplace": InplaceStep, "triton": Trit
 STEP_ENV = "PRECIPFAST_STEP"  # environment variable naming the implementation, e.g. "reference"
 
 
-def get_step_impl(device="cpu", name: str | None = None):
-    """A step object for tensors on `device`: `name`, else $PRECIPFAST_STEP, else "triton" on CUDA when
-    Triton imports and "inplace" elsewhere. Asking for "triton" where it cannot run raises
-    KernelUnavailableError saying why and which path would run instead."""
+def step_impl_name(device="cpu", name: str | None = None) -> str:
+    """The name `get_step_impl` resolves to: `name`, else $PRECIPFAST_STEP, else "triton" on CUDA when
+    Triton imports and "inplace" elsewhere. Unknown names, and "triton" where it cannot run, raise (the
+    latter KernelUnavailableError, saying why and which path would run instead)."""
     device = torch.device(device)
     env = os.environ.get(STEP_ENV) or None
     default = "triton" if device.type == "cuda" and unavailable_reason(device) is None else "inplace"
@@ -304,4 +308,9 @@ def get_step_impl(device="cpu", name: str | None = None):
     if chosen == "triton" and (why := unavailable_reason(device)):
         raise KernelUnavailableError(f"step implementation 'triton' cannot run: {why}; the default on this "
                                      f"device is {default!r} (unset {STEP_ENV} and pass no name to use it)")
-    return STEP_IMPLS[chosen]()
+    return chosen
+
+
+def get_step_impl(device="cpu", name: str | None = None):
+    """A step object for tensors on `device`, chosen by `step_impl_name(device, name)`."""
+    return STEP_IMPLS[step_impl_name(device, name)]()

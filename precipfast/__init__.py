@@ -5,7 +5,19 @@ Python API (MISSION.md): `Pipeline.from_bundle(...)`, `read_input(path, bbox=...
 geolocation, as `precipfast sample` reads it), `load_denoisers(bundle)`, `coarsen(hr, factor, how)`.
 Heavy modules load on first use so `import precipfast` stays fast.
 """
+from pathlib import Path as _Path
+
 from precipfast._version import __version__
+
+# Running from a source checkout that is not installed (the GPU machine, whose python3 has torch but not
+# precipfast): pyproject's package-dir maps kernels/, runtime/, train/, export/ and benchmarks/ beside
+# this folder into the package, and the import system does not know that. Listing the checkout's root on
+# the package path lets `precipfast.kernels` resolve to <root>/kernels there (and to the working tree's
+# own folders in a git worktree of an editable install). An installed wheel has no pyproject.toml beside
+# the package, so nothing changes for it.
+_ROOT = _Path(__file__).resolve().parent.parent
+if (_ROOT / "pyproject.toml").is_file() and (_ROOT / "kernels" / "__init__.py").is_file():
+    __path__.append(str(_ROOT))
 
 __all__ = ["__version__", "Pipeline", "read_input", "load_denoisers", "coarsen"]
 

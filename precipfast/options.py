@@ -155,10 +155,19 @@ class SampleOptions:
     overlap: int = _overlap()
     max_batch: int | None = _max_batch()
     memory_gb: float | None = _memory_gb()
+    precision: str = setting("fp32", "Denoiser arithmetic of the torch backend: fp32, bf16 (CUDA, or a CPU "
+                                     "with native bf16) or fp16 (CUDA only); the sampler state stays float32. "
+                                     "Torch only: onnxruntime and tensorrt keep their own precision.")
+    torch_compile: bool = setting(False, "torch backend on CUDA: compile the denoiser with torch.compile "
+                                         "(the first call takes tens of seconds).")
+    cuda_graphs: bool = setting(False, "torch backend on CUDA: replay the denoiser from CUDA graphs, one per "
+                                       "micro-batch shape.")
     overwrite: bool = setting(False, "Replace an existing output file.")
     quiet: bool = _quiet()
 
     def __post_init__(self):
+        from precipfast.runtime.backends import check_precision
+        check_precision(self.precision)
         object.__setattr__(self, "stages", parse_stages(self.stages))
         if self.bbox is not None:
             from precipfast.runtime.latlon import check_bbox

@@ -35,7 +35,9 @@ class BackendOptions:
     max_batch: int                          # tensorrt: largest batch of the optimisation profile (--max-batch)
     max_hw: int                             # tensorrt: largest tile edge of the optimisation profile (--tile)
     threads: int = 0                        # onnxruntime CPU intra-op threads (0 = one per physical core)
-    torch_compile: bool = False             # torch on CUDA: wrap the module in torch.compile
+    torch_compile: bool = False             # torch on CUDA: wrap the denoiser in torch.compile
+    precision: str = "fp32"                 # torch: denoiser under autocast to bf16/fp16 ("fp32": none)
+    cuda_graphs: bool = False               # torch on CUDA: replay the denoiser from CUDA graphs
     fp16: bool = True                       # tensorrt: fp16 kernels (GroupNorm, softmax, EDM scalars fp32)
     cache_dir: str | None = None            # tensorrt: engine cache (None = ~/.cache/precipfast/tensorrt)
 
@@ -43,6 +45,24 @@ class BackendOptions:
         if self.threads < 0 or self.max_batch < 1 or self.max_hw < 8:
             raise ValueError(f"backend options need threads >= 0, max_batch >= 1, max_hw >= 8; got "
                              f"{self.threads}, {self.max_batch}, {self.max_hw}")
+        check_precision(self.precision)
+
+    def torch_only(self) -> list[str]:
+        """The flags of the torch-only settings that differ from their defaults."""
+        return [flag for flag, on in (("--precision " + self.precision, self.precision != "fp32"),
+                                      ("--torch-compile", self.torch_compile),
+                                      ("--cuda-graphs", self.cuda_graphs)) if on]
+
+
+# Denoiser precision of the torch backend: the autocast dtype (None: plain float32).
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(name: str) -> str:
+    """The name itself, or ValueError naming --precision and the choices."""
+    if name not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    return name
 
 
 class Backend(abc.ABC):
@@ -57,19 +77,55 @@ class Backend(abc.ABC):
 
 
 class TorchBackend(Backend):
-    """Eager PyTorch: the reference path (optionally torch.compile on CUDA)."""
+    """PyTorch: eager float32 (the reference path), or on request the denoiser under autocast (bf16 on
+    CUDA or the CPU, fp16 on CUDA), compiled with torch.compile and replayed from CUDA graphs (CUDA).
+
+    Under autocast the convolutions and matmuls run in the low precision with float32 accumulation, while
+    GroupNorm, softmax and the EDM preconditioning (c_skip x + c_out F, `edm.Preconditioned`) stay
+    float32; the output is float32, so the sampler state never leaves float32."""
     name = "torch"
 
-    def __init__(self, denoiser: torch.nn.Module, device: str | torch.device = "cpu", compile: bool = False):
+    def __init__(self, denoiser: torch.nn.Module, device: str | torch.device = "cpu", compile: bool = False,
+                 precision: str = "fp32", cuda_graphs: bool = False):
         self.device = torch.device(device)
+        check_torch_settings(self.device, precision, compile, cuda_graphs)
+        self.precision, self.cuda_graphs = precision, cuda_graphs
         self.module = denoiser.to(self.device).eval().requires_grad_(False)
-        # CPU stays plain eager: compile time would dominate short CPU runs and parity is exact.
-        self._fn = torch.compile(self.module, dynamic=True) if compile and self.device.type == "cuda" \
-            else self.module
+        fn = self._autocast if PRECISIONS[precision] is not None else self.module
+        # CPU stays uncompiled: compile time would dominate short CPU runs (refused above).
+        self._fn = torch.compile(fn, dynamic=True) if compile else fn
+        if cuda_graphs:
+            from precipfast.runtime.cuda_graphs import GraphedDenoiser
+            self._fn = GraphedDenoiser(self._fn, self.device)
+
+    def _autocast(self, x, sigma, cond):
+        # cache_enabled=False: the weight-cast cache lives only as long as one autocast region, so it
+        # saves nothing per call here, and a CUDA graph must not capture casts into a cache that is
+        # freed when the region exits (PyTorch: autocast + CUDA graphs need cache_enabled=False).
+        with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision], cache_enabled=False):
+            return self.module(x, sigma, cond)
 
     def __call__(self, x, sigma, cond):
         with torch.inference_mode():
             return self._fn(x, sigma, cond)
+
+
+def check_torch_settings(device: torch.device, precision: str, compile: bool, cuda_graphs: bool) -> None:
+    """Refuse torch-backend settings that cannot run (or cannot pay) on `device`, one line each."""
+    check_precision(precision)
+    if device.type == "cuda":
+        return
+    if precision == "fp16":
+        # fp16 autocast does run on the CPU, but x86 CPUs without AVX512-FP16 convert instead of
+        # computing in it: a small U-Net took 0.55 s in fp16 against 0.18 s in fp32 and 0.06 s in bf16
+        # (2-core EPYC with avx512_bf16, 2026-12, 4 x 48^2 px): fp16 never pays on the CPU.
+        raise ValueError(f"--precision fp16 runs on CUDA only (on the CPU it is slower than fp32); "
+                         f"use --precision bf16 or fp32 on {device}")
+    if cuda_graphs:
+        raise ValueError(f"--cuda-graphs needs a CUDA device; this run is on {device}")
+    if compile:
+        raise ValueError(f"--torch-compile runs on CUDA only (on the CPU its compile time outweighs the "
+                         f"gain for these short runs); this run is on {device}")
 
 
 class OnnxRuntimeBackend(Backend):
@@ -204,7 +260,8 @@ def _probe_tensorrt(device: str) -> tuple[bool, str]:
 
 def _make_torch(bundle, stage: str, device: torch.device, options: BackendOptions) -> Backend:
     from precipfast.runtime.bundle import load_denoiser
-    return TorchBackend(load_denoiser(bundle, stage), device, compile=options.torch_compile)
+    return TorchBackend(load_denoiser(bundle, stage), device, compile=options.torch_compile,
+                        precision=options.precision, cuda_graphs=options.cuda_graphs)
 
 
 def _make_onnxruntime(bundle, stage: str, device: torch.device, options: BackendOptions) -> Backend:
@@ -277,6 +334,9 @@ def get_backend(name: str, bundle, stage: str, device, *, options: BackendOption
         usable = [n for n, (good, _) in available_backends(kind).items() if good]
         raise BackendUnavailableError(f"backend {name!r} cannot run on {kind}: {why}. "
                                       f"Usable here: {usable}")
+    if name != "torch" and options.torch_only():
+        raise ValueError(f"{', '.join(options.torch_only())} applies to the torch backend only; this run "
+                         f"uses {name!r} (add --backend torch)")
     bundle = open_bundle(bundle)
     bundle.stage(stage)  # refuses a stage the bundle does not have
     return BACKENDS[name].make(bundle, stage, torch.device(device), options)

@@ -61,17 +61,29 @@ def denoise_domain(backend: Backend, x: torch.Tensor, sigma: float, cond: torch.
             db = backend(xb, sig, cb)
             if on_images:
                 on_images(len(part))
-            for (ti, m), d in zip(part, db):
+            for i, ti, m, n in member_runs(part):  # one copy per run, not per image (fewer launches)
                 if single:
-                    out[m] = d
+                    out[m:m + n] = db[i:i + n]
                     continue
-                slot = pending.setdefault(ti, [torch.empty((e, *d.shape), dtype=x.dtype, device=x.device), 0])
-                slot[0][m] = d
-                slot[1] += 1
+                slot = pending.setdefault(ti, [torch.empty((e, *db.shape[1:]), dtype=x.dtype, device=x.device), 0])
+                slot[0][m:m + n] = db[i:i + n]
+                slot[1] += n
                 if slot[1] == e:
                     blender.add(tiles[ti], slot[0])
                     del pending[ti]
     return out if single else blender.result()
+
+
+def member_runs(part: list[tuple[int, int]]) -> list[list[int]]:
+    """[first row, tile, first member, count] of each run of consecutive members of one tile in `part`,
+    the (tile, member) list of one backend call: rows i..i+n-1 of its output are members m..m+n-1."""
+    runs: list[list[int]] = []
+    for i, (ti, m) in enumerate(part):
+        if runs and runs[-1][1] == ti and runs[-1][2] + runs[-1][3] == m:
+            runs[-1][3] += 1
+        else:
+            runs.append([i, ti, m, 1])
+    return runs
 
 
 def sample_ensemble(backend: Backend, cond: torch.Tensor, members: Sequence[int], stage: str, seed: int,

@@ -1,9 +1,10 @@
 """The memory model of a run: the budget, one member's sampler state, members sampled together, images
 per backend call, and the refusal of inputs that cannot fit before anything is allocated.
 
-A run holds one group of members' full-domain state (STATE_FIELDS float32 fields per member) plus the
-backend's working set for one call (`image_bytes` per image); both are sized to the same budget
-(`--memory-gb`, default `default_budget_bytes`).
+A run holds one group of members' full-domain state (`STATE_FIELDS[step]` float32 fields per member,
+by the step implementation of `kernels/heun_residual.py` in use) plus the backend's working set for one
+call (`image_bytes` per image); both are sized to the same budget (`--memory-gb`, default
+`default_budget_bytes`).
 """
 from __future__ import annotations
 
@@ -14,11 +15,19 @@ from precipfast.errors import PrecipfastError
 GIB = 1024 ** 3
 FLOAT32 = 4
 
-# Full-domain float32 fields per member at the peak of a stage: x_hat, both denoised estimates (blender
-# numerators), the Euler point, the conditioning/base and the step's temporaries. Measured: the peak
-# RSS of the shipped downscaling stage over 1500^2 px grows by 13.7 fields for the second member
-# (/proc VmHWM, 1 vs 2 members, 3 steps).
-STATE_FIELDS = 14
+# Full-domain float32 fields per member at the peak of a stage, by step implementation.
+# reference: x_hat, both denoised estimates (blender numerators), the Euler point, the conditioning/base
+#   and the allocating step's temporaries. Measured: the peak RSS of the shipped downscaling stage over
+#   1500^2 px grows by 13.7 fields for the second member (/proc VmHWM, 1 vs 2 members, 3 steps,
+#   ONNX Runtime; benchmarks/RESULTS.md, 2026-12-01).
+# inplace / triton: x_hat, D(x_hat), the Euler point and its D, updated in place, plus the shared base
+#   and blender weights. Measured 4.8 fields per extra member (5.1 with glibc's default malloc
+#   threshold) and 7.0 for a one-member sample, against 8.4 and 11.8 for the reference under the same
+#   conditions (`bench_kernels --mode memory --hw 1500 1500`, benchmarks/RESULTS.md, 2026-12-02). The
+#   estimate is the issue's bound of 6: 5.1 plus a field of margin for the backend's buffers. The Triton
+#   step holds the same four fields (its kernels update them in place); its peak on a GPU is not
+#   measured yet.
+STATE_FIELDS = {"reference": 14, "inplace": 6, "triton": 6}
 
 # Pixels per backend call on the CPU. Past a few images a 2-core CPU gains no throughput, only memory:
 # ONNX Runtime keeps every intermediate of a call in its arena. Shipped downscaling net, 128 px tiles
@@ -47,14 +56,21 @@ def default_budget_bytes(device: torch.device) -> int:
     return 2 * GIB
 
 
-def member_state_bytes(pixels: int) -> int:
-    """Sampler state of one member over a domain of `pixels` (the stage's grid)."""
-    return STATE_FIELDS * FLOAT32 * pixels
+def state_fields(step: str) -> int:
+    """Full-domain float32 fields per member with step implementation `step` (STATE_FIELDS)."""
+    if step not in STATE_FIELDS:
+        raise ValueError(f"unknown step implementation {step!r}; the memory model knows {sorted(STATE_FIELDS)}")
+    return STATE_FIELDS[step]
 
 
-def member_group_size(pixels: int, budget: int) -> int:
+def member_state_bytes(pixels: int, step: str) -> int:
+    """Sampler state of one member over a domain of `pixels` (the stage's grid) with step `step`."""
+    return state_fields(step) * FLOAT32 * pixels
+
+
+def member_group_size(pixels: int, budget: int, step: str) -> int:
     """Members sampled together so their full-domain state fits the budget (at least one)."""
-    return max(1, int(budget // member_state_bytes(pixels)))
+    return max(1, int(budget // member_state_bytes(pixels, step)))
 
 
 def image_bytes(unet_cfg, height: int, width: int, dtype_bytes: int = FLOAT32) -> int:
@@ -87,10 +103,11 @@ def check_fits(what: str, nbytes: int, budget: int) -> None:
                                 f"{budget / GIB:.3g} GiB; raise --memory-gb or crop the input with --bbox")
 
 
-def check_domain(times: int, height: int, width: int, scale_factor: int, budget: int) -> None:
-    """The input field (times, height, width) as float32 and one member's state on the fine grid must
-    each fit the budget: checked from the sizes a file declares, before reading or sampling."""
+def check_domain(times: int, height: int, width: int, scale_factor: int, budget: int, step: str) -> None:
+    """The input field (times, height, width) as float32 and one member's state on the fine grid (with
+    step implementation `step`) must each fit the budget: checked from the sizes a file declares,
+    before reading or sampling."""
     check_fits(f"the input field ({times} x {height} x {width} float32)", FLOAT32 * times * height * width, budget)
     fine = height * width * scale_factor ** 2
     check_fits(f"one member's sampler state ({height * scale_factor} x {width * scale_factor} px, "
-               f"{STATE_FIELDS} float32 fields)", member_state_bytes(fine), budget)
+               f"{state_fields(step)} float32 fields)", member_state_bytes(fine, step), budget)

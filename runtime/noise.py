@@ -195,9 +195,10 @@ def _fill_member(out: torch.Tensor, seed: int, member: int, stage: str, step: in
         p_first = (torch.arange(row0 + r0, row0 + r1, dtype=torch.int64, device=out.device) * width
                    + col0)  # global index of each row's first pixel
         n = (p_first >> 1)[:, None] + j  # (rows, n_pairs) block indices
-        c1 = n >> 32
-        if not bool(c1.any()):
-            c1 = 0  # the common case: fewer than 2^33 pixels, so the high counter word is 0
+        # The chunk's largest block index, from Python ints (reading it off the tensor would wait for the
+        # device): below 2^32, the common case, the high counter word is 0 everywhere.
+        n_max = (((row0 + r1 - 1) * width + col0) >> 1) + n_pairs - 1
+        c1 = n >> 32 if n_max >> 32 else 0
         x = _philox_words(n.bitwise_and_(_MASK32), c1, c2, c3, k0, k1, 10)
         z0, z1 = _box_muller(*x)
         pairs = torch.stack((z0, z1), dim=-1).flatten(1)  # (rows, 2 n_pairs): pixels 2 n_first ...

@@ -68,8 +68,9 @@ class Pipeline:
     `pipe.sample(field, members=30, steps=None, seed=0)`: the same route as `precipfast sample`."""
 
     def __init__(self, bundle, stages: dict[str, StageRun], device: torch.device, backend_name: str,
-                 options: SampleOptions, budget_bytes: int):
+                 options: SampleOptions, budget_bytes: int, step_name: str):
         self.bundle, self.stages, self.device, self.backend_name = bundle, stages, device, backend_name
+        self.step_name = step_name  # the sampler's step implementation (kernels/heun_residual.py)
         # the physical guard's ratio: the stages' trained residual bounds (runtime/guard.py)
         self.guard_ratio = guard.ratio_bound([bundle.edm(s).denoised_max for s in stages])
         self.options, self.budget_bytes = options, budget_bytes
@@ -88,6 +89,7 @@ class Pipeline:
     @classmethod
     def from_options(cls, opts: SampleOptions) -> "Pipeline":
         """Open and check the bundle, resolve the device and backend once, and size the micro-batches."""
+        from precipfast.kernels.heun_residual import step_impl_name
         from precipfast.runtime.backends import BackendOptions, get_backend, resolve_auto
         from precipfast.runtime.bundle import default_bundle_path, open_bundle
         from precipfast.runtime.device import resolve_device
@@ -100,10 +102,12 @@ class Pipeline:
         runs = {}
         for s in wanted:  # a stage the bundle lacks is refused by bundle.stage (via unet or get_backend)
             mb = opts.max_batch or memory.auto_max_batch(bundle.unet(s), opts.tile, budget, device_type=dev.type)
-            backend = get_backend(name, bundle, s, dev, options=BackendOptions(max_batch=mb, max_hw=opts.tile))
+            options = BackendOptions(max_batch=mb, max_hw=opts.tile, precision=opts.precision,
+                                     torch_compile=opts.torch_compile, cuda_graphs=opts.cuda_graphs)
+            backend = get_backend(name, bundle, s, dev, options=options)
             runs[s] = StageRun(s, backend, bundle.sampler(s), Tiling(opts.tile, opts.overlap, mb),
                                tuple(bundle.cond_names(s)))
-        return cls(bundle, runs, dev, name, opts, budget)
+        return cls(bundle, runs, dev, name, opts, budget, step_impl_name(dev))
 
     # ------------------------------------------------------------------ sampling
     def sample(self, field, members: int | None = None, steps: int | None = None, seed: int | None = None,
@@ -186,12 +190,15 @@ class Pipeline:
         x_sat = x_sat.view(1, 1, h, w)
         corr = self.stages.get("correction")
         down = self.stages.get("downscaling")
-        for group in _groups(ids, memory.member_group_size(h * w * (f * f if down else 1), self.budget_bytes)):
+        from precipfast.kernels.heun_residual import get_step_impl
+        step = get_step_impl(self.device, self.step_name)  # the implementation the groups were sized for
+        size = memory.member_group_size(h * w * (f * f if down else 1), self.budget_bytes, self.step_name)
+        for group in _groups(ids, size):
             if corr:
                 cond = self._cond(corr, x_sat, aux, lr_grid=True)
                 x_corr = sample_ensemble(corr.backend, cond, group, "correction", seed,
                                          _steps(corr.sampler, steps), corr.tiling, base=x_sat,
-                                         origin=(org.row0, org.col0, org.width or w),
+                                         origin=(org.row0, org.col0, org.width or w), step_impl=step,
                                          on_images=_tick(progress, "correction"))
             else:
                 x_corr = x_sat.expand(len(group), 1, h, w)
@@ -204,7 +211,7 @@ class Pipeline:
                 del x_corr
                 x_fin = sample_ensemble(down.backend, cond, group, "downscaling", seed,
                                         _steps(down.sampler, steps), down.tiling, base=x_up,
-                                        origin=(fo.row0, fo.col0, fo.width or w * f),
+                                        origin=(fo.row0, fo.col0, fo.width or w * f), step_impl=step,
                                         on_images=_tick(progress, "downscaling"))
                 del x_up, cond
                 fine_missing = missing.repeat_interleave(f, 0).repeat_interleave(f, 1)

@@ -27,7 +27,8 @@ def run_sample(input_path, output_path, opts: SampleOptions = SampleOptions()) -
     pipe = Pipeline.from_options(opts)
     f = pipe.scale_factor if "downscaling" in pipe.stages else 1
     field = read_input(input_path, bbox=opts.bbox, variable=opts.variable,
-                       check_size=lambda t, h, w: memory.check_domain(t, h, w, f, pipe.budget_bytes))
+                       check_size=lambda t, h, w: memory.check_domain(t, h, w, f, pipe.budget_bytes,
+                                                                       pipe.step_name))
     lr, origin, aux, _ = pipe.prepare(field)
     lat, lon = fine_coords(field.lat, field.lon, f) if f > 1 else (field.lat, field.lon)
     n_t = lr.shape[0]

@@ -137,7 +137,8 @@ class TileBlender:
         out = blender.result()                                  # (E, C, H, W)
 
     Holds the numerator (E, C, H, W) and the weight sum (H, W) only. `result` divides the numerator in
-    place and returns it (no second full-size buffer); `reset` zeroes both for the next step."""
+    place and returns it (no second full-size buffer); `reset` zeroes both for the next step. Coverage
+    is checked from the tiles' rectangles on the host, so a blend on the GPU never waits for it."""
 
     def __init__(self, shape: Sequence[int], overlap, *, dtype=torch.float32, device=None):
         shape = tuple(int(s) for s in shape)
@@ -146,10 +147,13 @@ class TileBlender:
         self.shape, self.overlap = shape, overlap
         self.numerator = torch.zeros(shape, dtype=dtype, device=device)
         self.weight_sum = torch.zeros(shape[-2:], dtype=dtype, device=device)
+        self._tiles: list[Tile] = []
         self._done = False
 
     def add(self, tile: Tile, values: torch.Tensor, weights: torch.Tensor | None = None) -> None:
-        """Add one tile's field (..., h, w); weights default to `blend_weights` of the tile."""
+        """Add one tile's field (..., h, w); weights default to `blend_weights` of the tile (strictly
+        positive). Weights passed in must be positive too: `result` checks that the tiles cover the
+        domain, not the weights' values, which it would have to read back from the device."""
         if self._done:
             raise RuntimeError("TileBlender.add after result(): call reset() to start a new blend")
         height, width = self.shape[-2:]
@@ -162,12 +166,13 @@ class TileBlender:
                                     device=self.numerator.device)
         crop(self.numerator, tile).addcmul_(values.to(self.numerator.dtype), weights)
         crop(self.weight_sum, tile).add_(weights)
+        self._tiles.append(tile)
 
     def result(self) -> torch.Tensor:
         """The blended field (..., H, W): numerator / weight sum, computed in place."""
         if self._done:
             raise RuntimeError("TileBlender.result called twice: call reset() to start a new blend")
-        if not bool((self.weight_sum > 0).all()):
+        if not covers(self._tiles, *self.shape[-2:]):
             raise ValueError("some pixels were covered by no tile: add tiles from plan_tiles over the "
                              f"whole domain {self.shape[-2:]}")
         self._done = True
@@ -177,7 +182,22 @@ class TileBlender:
         """Zero the accumulators to blend the next step into the same buffers."""
         self.numerator.zero_()
         self.weight_sum.zero_()
+        self._tiles.clear()
         self._done = False
+
+
+def covers(tiles: Sequence[Tile], height: int, width: int) -> bool:
+    """Whether the tiles cover every pixel of (height, width), from their corners alone: the distinct
+    row and column edges cut the domain into cells each either inside a tile or outside all of them,
+    so a (edges x edges) mask decides it, whatever the number of pixels."""
+    rows = sorted({0, height, *(t.row0 for t in tiles), *(t.row1 for t in tiles)})
+    cols = sorted({0, width, *(t.col0 for t in tiles), *(t.col1 for t in tiles)})
+    ri, ci = {r: i for i, r in enumerate(rows)}, {c: i for i, c in enumerate(cols)}
+    cell = [[False] * (len(cols) - 1) for _ in range(len(rows) - 1)]
+    for t in tiles:
+        for i in range(ri[t.row0], ri[t.row1]):
+            cell[i][ci[t.col0]:ci[t.col1]] = [True] * (ci[t.col1] - ci[t.col0])
+    return all(all(row) for row in cell)
 
 
 def blend_reference(tiles: Sequence[Tile], values: Sequence[torch.Tensor], height: int, width: int,

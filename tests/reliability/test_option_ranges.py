@@ -46,6 +46,7 @@ SAMPLE_BEYOND = [
     ("--stages", "bogus", "--stages must be a comma list of correction,downscaling"),
     ("--backend", "bogus", "unknown backend 'bogus' (--backend)"),
     ("--device", "gpu", "--device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ("--precision", "fp64", "--precision must be one of fp32, bf16, fp16, got 'fp64'"),
 ]
 
 OTHER_BEYOND = [
@@ -124,6 +125,22 @@ def test_sample_option_beyond_its_range(option, value, fragment, tiny_bundle, co
     one_line_error(run("sample", coarse_file, "-o", out, "--model", tiny_bundle, *SAMPLE_BASE, option, value),
                    fragment)
     assert listing(tmp_path) == before  # no output, no temporary
+
+
+# Settings of the torch backend's CUDA path asked for where they cannot run: one line, nothing written.
+CUDA_ONLY = [
+    (["--precision", "fp16"], "--precision fp16 runs on CUDA only"),
+    (["--cuda-graphs"], "--cuda-graphs needs a CUDA device; this run is on cpu"),
+    (["--torch-compile"], "--torch-compile runs on CUDA only"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", CUDA_ONLY, ids=lambda v: str(v)[:24])
+def test_cuda_only_settings_on_the_cpu(args, fragment, tiny_bundle, coarse_file, tmp_path):
+    out = tmp_path / "out.h5"
+    before = listing(tmp_path)
+    one_line_error(run("sample", coarse_file, "-o", out, "--model", tiny_bundle, *SAMPLE_BASE, *args), fragment)
+    assert listing(tmp_path) == before
 
 
 @pytest.mark.parametrize("command,option,value,fragment", OTHER_BEYOND + PAIR_BEYOND, ids=lambda v: str(v)[:24])

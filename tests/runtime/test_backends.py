@@ -130,3 +130,78 @@ def test_gpu_backends_match_torch(bundle, name):
     # TensorRT runs fp16 convolutions (GroupNorm/softmax/preconditioning fp32): ~1e-3 relative is fp16's
     # 2^-11 rounding through ~20 layers; ORT-CUDA with the TensorRT EP also enables fp16.
     assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-2
+
+
+# ---------------------------------------------------------------------------- torch precision and CUDA settings
+def _network_term(bundle, x, sigma, out):
+    """out - c_skip x: the part of D the network computes (c_skip x is exact in every precision)."""
+    sd = bundle.edm("downscaling").sigma_data
+    return out - (sd ** 2 / (sigma ** 2 + sd ** 2)).view(-1, 1, 1, 1) * x
+
+
+def test_bf16_autocast_on_cpu_is_close_to_fp32(bundle):
+    x, sigma, cond = _inputs(3, (37, 53))
+    # Rain-like positive conditioning keeps the clamp D >= -cond (edm.Preconditioned) inactive, so the
+    # error of the network's term is measured, not hidden by clamped pixels.
+    cond[:, :1] = cond[:, :1].abs() + 5.0
+    ref = B.get_backend("torch", bundle, "downscaling", "cpu", options=OPTS)(x, sigma, cond)
+    assert (ref > -cond[:, :1]).all()
+    low = B.get_backend("torch", bundle, "downscaling", "cpu",
+                        options=B.BackendOptions(max_batch=8, max_hw=128, precision="bf16"))(x, sigma, cond)
+    assert low.dtype == torch.float32 and low.shape == ref.shape  # the sampler state stays float32
+    err = ((low - ref).norm() / _network_term(bundle, x, sigma, ref).norm()).item()
+    # bf16 keeps 8 significant bits (unit roundoff 2^-9 = 2e-3); each conv/matmul rounds its operands
+    # once and accumulates in fp32, and the ~20 layers' errors add roughly in quadrature: sqrt(20) x 2e-3
+    # = 9e-3 (measured here: 2.0e-3). 2e-2 leaves a factor two over the estimate. The lower bound shows
+    # autocast ran: float32 both ways would agree exactly.
+    assert 1e-4 < err < 2e-2, err
+
+
+def test_bf16_members_stay_finite_and_close(bundle):
+    from precipfast.runtime.ensemble import Tiling, sample_ensemble
+    g = torch.Generator().manual_seed(3)
+    cond = torch.nn.functional.avg_pool2d(torch.rand(1, 2, 36, 44, generator=g), 5, 1)  # 32 x 40
+    cfg = SamplerConfig(num_steps=4, sigma_max=10.0)
+    out = {}
+    for precision in ("fp32", "bf16"):
+        be = B.get_backend("torch", bundle, "downscaling", "cpu",
+                           options=B.BackendOptions(max_batch=4, max_hw=128, precision=precision))
+        out[precision] = sample_ensemble(be, cond, [0, 1], "downscaling", 5, cfg, Tiling(tile=24, overlap=8))
+    assert torch.isfinite(out["bf16"]).all()
+    # Same noise, so bf16 moves each member only by its rounding, ~2e-3 of the network's term per
+    # evaluation (test above), which the few steps carry through at the same order: under 1 % of how
+    # much members differ from one another (the ensemble spread; measured 5e-4 of it).
+    moved = (out["bf16"] - out["fp32"]).norm() / out["fp32"].numel() ** 0.5
+    spread = (out["fp32"][0] - out["fp32"][1]).norm() / out["fp32"][0].numel() ** 0.5
+    assert moved < 0.01 * spread, (moved.item(), spread.item())
+    assert moved > 0  # bf16 really ran
+
+
+def test_precision_choices_are_checked():
+    from precipfast.options import SampleOptions
+    with pytest.raises(ValueError, match=r"^--precision must be one of fp32, bf16, fp16, got 'fp64'$"):
+        SampleOptions(precision="fp64")
+    with pytest.raises(ValueError, match="--precision must be one of"):
+        B.BackendOptions(max_batch=8, max_hw=128, precision="half")
+    assert SampleOptions().precision == "fp32" and not SampleOptions().cuda_graphs
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"precision": "fp16"}, r"--precision fp16 runs on CUDA only .*use --precision bf16 or fp32 on cpu"),
+    ({"cuda_graphs": True}, r"--cuda-graphs needs a CUDA device; this run is on cpu"),
+    ({"compile": True}, r"--torch-compile runs on CUDA only .*this run is on cpu"),
+])
+def test_cuda_only_settings_are_refused_on_cpu(bundle, settings, message):
+    from precipfast.runtime.bundle import load_denoiser
+    with pytest.raises(ValueError, match=message):
+        B.TorchBackend(load_denoiser(bundle, "downscaling"), "cpu", **settings)
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime is not installed")
+def test_torch_only_settings_are_refused_on_other_backends(bundle):
+    opts = B.BackendOptions(max_batch=8, max_hw=128, precision="bf16", cuda_graphs=True)
+    with pytest.raises(ValueError, match=r"^--precision bf16, --cuda-graphs applies to the torch backend only; "
+                                         r"this run uses 'onnxruntime' \(add --backend torch\)$"):
+        B.get_backend("onnxruntime", bundle, "downscaling", "cpu", options=opts)
+    with pytest.raises(ValueError, match="applies to the torch backend only"):
+        B.get_backend("auto", bundle, "downscaling", "cpu", options=opts)  # auto picks onnxruntime here

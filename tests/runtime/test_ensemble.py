@@ -6,7 +6,7 @@ import torch
 from precipfast import edm
 from precipfast.config import EDMConfig, SamplerConfig, UNetConfig
 from precipfast.runtime import noise
-from precipfast.runtime.ensemble import Tiling, denoise_domain, evaluations, sample_ensemble
+from precipfast.runtime.ensemble import Tiling, denoise_domain, evaluations, member_runs, sample_ensemble
 from precipfast.runtime.tiling import plan_tiles
 from precipfast.denoiser import build_denoiser
 
@@ -93,3 +93,57 @@ def test_evaluation_count():
 def test_tiling_validation():
     with pytest.raises(ValueError, match="overlap < tile"):
         Tiling(tile=16, overlap=16)
+
+
+def test_member_runs_group_consecutive_members_of_a_tile():
+    part = [(0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0), (2, 2)]
+    assert member_runs(part) == [[0, 0, 1, 2], [2, 1, 0, 3], [5, 2, 0, 1], [6, 2, 2, 1]]
+
+
+@pytest.mark.parametrize("max_batch", [1, 2, 4, 7, 100])
+def test_any_micro_batch_gives_the_same_field(max_batch):
+    """Runs of members are copied out of each call whatever the batch cuts: the same bits for every batch."""
+    den = lambda x, s, c: torch.tanh(x) * s.view(-1, 1, 1, 1) + c  # noqa: E731  (pixel by pixel)
+    x, cond = torch.randn(3, 1, 50, 61), torch.randn(3, 1, 50, 61)
+    tiles = plan_tiles(50, 61, 24, 6)
+    want = denoise_domain(den, x, 0.7, cond, Tiling(tile=24, overlap=6, max_batch=3), tiles)
+    got = denoise_domain(den, x, 0.7, cond, Tiling(tile=24, overlap=6, max_batch=max_batch), tiles)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(got, torch.tanh(x) * 0.7 + cond)  # and the blend is a partition of unity
+
+
+HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__", "__array__")
+
+
+@pytest.mark.parametrize("step", ["inplace", "reference"])
+def test_the_step_loop_never_reads_a_tensor_on_the_host(step, monkeypatch):
+    """On a GPU each of these reads waits for the device. From the first denoiser evaluation to the
+    returned field (churn noise, tiling, blending, steps, the fused finish) none may happen; checked on
+    the CPU by making each of them raise (tests/runtime/test_cuda_graphs.py checks the CUDA path with
+    torch's sync debug mode)."""
+    from precipfast.config import TransformConfig
+    from precipfast.kernels.heun_residual import get_step_impl
+    armed = []
+
+    def refuse(name, original):
+        def read(self, *a, **k):
+            if armed:
+                raise AssertionError(f"Tensor.{name} inside the step loop")
+            return original(self, *a, **k)
+        return read
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, refuse(name, getattr(torch.Tensor, name)))
+    net = _net(attn=(1,))
+
+    def backend(x, sigma, cond):
+        armed.append(True)  # the schedule and the initial noise (before the loop) may use the host
+        return net(x, sigma, cond)
+    cond = _cond(40, 52)
+    cfg = SamplerConfig(num_steps=4, sigma_max=10.0, s_churn=2.0)  # churn: noise drawn inside the loop
+    out = sample_ensemble(backend, cond, [0, 2], "downscaling", 3, cfg, Tiling(tile=24, overlap=8, max_batch=3),
+                          base=cond, step_impl=get_step_impl("cpu", step), transform=TransformConfig())
+    assert armed and out.shape == (2, 1, 40, 52)
+    armed.clear()
+    with pytest.raises(AssertionError, match="inside the step loop"):  # the trap works
+        armed.append(True)
+        bool(out.sum() > 0)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from precipfast.options import SampleOptions
-from precipfast.runtime.memory import STATE_FIELDS
+from precipfast.kernels.heun_residual import step_impl_name
+from precipfast.runtime.memory import state_fields
 from precipfast.runtime.pipeline import Pipeline
 from precipfast.runtime.sample_job import run_sample
 
@@ -18,8 +19,8 @@ def test_groups_of_one_member_write_the_same_file_as_one_group(tiny_bundle, coar
     base = dict(model=str(tiny_bundle), members=3, steps=3, seed=5, backend="torch", device="cpu", max_batch=1,
                 quiet=True)
     whole = run_sample(coarse_file, tmp_path / "whole.h5", SampleOptions(**base))
-    # A budget of 1.5 members: the state of one 120 x 140 member (STATE_FIELDS float32 fields), not two.
-    one_px = 120 * 140 * 4 * STATE_FIELDS
+    # A budget of 1.5 members: the state of one 120 x 140 member (state_fields float32 fields), not two.
+    one_px = 120 * 140 * 4 * state_fields(step_impl_name("cpu"))
     budget_gb = 1.5 * one_px / 1024 ** 3
     split = run_sample(coarse_file, tmp_path / "split.h5", SampleOptions(**base, memory_gb=budget_gb))
     assert whole["members"] == split["members"] == 3
@@ -29,10 +30,14 @@ def test_groups_of_one_member_write_the_same_file_as_one_group(tiny_bundle, coar
     assert not np.isnan(p[:, :, 10:, 10:]).any()  # every member of every time was written
 
 
-def test_member_groups_follow_the_budget(tiny_bundle):
+@pytest.mark.parametrize("step", ["inplace", "reference"])
+def test_member_groups_follow_the_budget(tiny_bundle, step, monkeypatch):
+    """Groups are sized for the step the pipeline samples with ($PRECIPFAST_STEP here)."""
+    monkeypatch.setenv("PRECIPFAST_STEP", step)
     pixels = 120 * 140
-    one = STATE_FIELDS * 4 * pixels
+    one = state_fields(step) * 4 * pixels
     pipe = Pipeline.from_bundle(tiny_bundle, backend="torch", device="cpu", memory_gb=2.5 * one / 1024 ** 3)
+    assert pipe.step_name == step
     lr = np.ones((1, 12, 14), np.float32)
     groups = [g["members"] for _, g in pipe.iter_groups(lr, None, None, pipe.options.replace(members=5, steps=2))]
     assert groups == [[0, 1], [2, 3], [4]]

@@ -167,3 +167,32 @@ def test_balanced_tile_keeps_tile_count_and_cuts_work():
         assert n_bal * edge <= n_full * min(tile, length)
     assert balanced_tile(300, 256, 32) == 168
     assert balanced_tile(200, 256, 32) == 200  # a domain smaller than a tile is one tile
+
+
+def test_coverage_from_corners_equals_a_pixel_mask():
+    """`covers` decides from the tiles' edges what a full-size pixel mask decides (its slow twin), on
+    random overlapping partitions with a tile sometimes dropped (a hole, unless the overlaps fill it)."""
+    from precipfast.runtime.tiling import covers
+    g = torch.Generator().manual_seed(7)
+
+    def draw(lo, hi):
+        return int(torch.randint(lo, hi, (1,), generator=g))
+
+    def bands(n):
+        cuts = sorted({0, n, *(draw(1, n) for _ in range(draw(0, 3)) if n > 1)})
+        return [(max(0, a - draw(0, 4)), b) for a, b in zip(cuts, cuts[1:])]  # overlap the previous band
+    seen = {True: 0, False: 0}
+    for _ in range(300):
+        h, w = draw(1, 30), draw(1, 30)
+        tiles = [Tile(r0, r1, c0, c1) for r0, r1 in bands(h) for c0, c1 in bands(w)]
+        if draw(0, 2):
+            tiles.pop(draw(0, len(tiles)))
+        mask = torch.zeros(h, w, dtype=torch.bool)
+        for t in tiles:
+            mask[t.row0:t.row1, t.col0:t.col1] = True
+        got = covers(tiles, h, w)
+        assert got == bool(mask.all()), (h, w, tiles)
+        seen[got] += 1
+    assert min(seen.values()) > 50, seen  # both answers were exercised
+    assert covers(plan_tiles(350, 701, 128, 32), 350, 701)
+    assert not covers(plan_tiles(350, 701, 128, 32)[1:], 350, 701)
