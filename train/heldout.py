@@ -2,7 +2,7 @@
 trained on, scored against the strongest simple baselines, from the training checkpoints.
 
     python -m precipfast.train.heldout --ckpt checkpoints/v2 --out out/heldout [--steps 4,6,8,12,18]
-        [--corrections correction,correction_edm] [--perturb bias_low|bias_high|shift_3px|noisy]
+        [--corrections correction,correction_edm] [--perturb bias_low|bias_high|shift_3px|noisy] [--windows 1]
 
 Cases: the wettest NaN-free 200 km windows of frames of qpe/20160922 (a whole held-out day; hours from
 03Z, away from the last training hour), mrms/conus (2019-06-10 half-hour means, another year and
@@ -87,7 +87,7 @@ def score_downscaling(ens: torch.Tensor, truth: torch.Tensor, baselines: dict) -
 
 def run(ckpt: Path, data_dir, *, members: int = 8, steps_list=(4, 6, 8, 12, 18), default_steps: int = 8,
         seed: int = 0, degradation: DegradationConfig | None = None, qmap=None, cases=None,
-        corrections: tuple[str, ...] | None = None) -> dict:
+        corrections: tuple[str, ...] | None = None, max_windows: int | None = None) -> dict:
     from precipfast.train.checkpoint import load_checkpoint
     down, dcfg = load_checkpoint(ckpt / "downscaling")
     corrections = correction_designs(ckpt, corrections)
@@ -104,7 +104,8 @@ def run(ckpt: Path, data_dir, *, members: int = 8, steps_list=(4, 6, 8, 12, 18),
             lr_frame = coarsen(np.nan_to_num(frame[:h, :w]), f, "mean")
             gen = torch.Generator().manual_seed(seed * 1_000_003 + t)
             sat_frame = degrade(torch.from_numpy(lr_frame), deg, gen).numpy()
-            for (y, x) in wettest_windows(frame[:h, :w], SIZE, WINDOWS[source]):
+            k = WINDOWS[source] if max_windows is None else min(max_windows, WINDOWS[source])
+            for (y, x) in wettest_windows(frame[:h, :w], SIZE, k):
                 rows.append(_case(source, t, y, x, frame[:h, :w], lr_frame, sat_frame, down, dcfg, corrections,
                                   tcfg, f, members, steps_list, default_steps, seed, qmap))
     return {"rows": rows, "summary": summarise(rows, default_steps), "degradation": dataclasses.asdict(deg),
@@ -242,6 +243,8 @@ def main(argv=None) -> None:
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--steps", default="4,6,8,12,18")
     ap.add_argument("--default-steps", type=int, default=8)
+    ap.add_argument("--windows", type=int, default=None,
+                    help="at most this many windows per frame (default: heldout.WINDOWS, 18 cases in all)")
     ap.add_argument("--corrections", default=None,
                     help="comma-separated correction checkpoint dirs under --ckpt (default: every correction*)")
     ap.add_argument("--perturb", choices=sorted(PERTURBATIONS), default=None,
@@ -261,7 +264,8 @@ def main(argv=None) -> None:
             (args.default_steps,)
     res = run(Path(args.ckpt), args.data, members=args.members, steps_list=steps, default_steps=args.default_steps,
               qmap=qmap, degradation=deg,
-              corrections=tuple(args.corrections.split(",")) if args.corrections else None)
+              corrections=tuple(args.corrections.split(",")) if args.corrections else None,
+              max_windows=args.windows)
     (out / f"{label}.json").write_text(json.dumps(res, indent=1) + "\n")
     (out / f"{label}.md").write_text(markdown(res) + "\n")
     print(markdown(res))

@@ -34,7 +34,7 @@ def test_shipped_checkpoints_beat_interpolation_on_held_out_places():
     from precipfast.train.qmap import quantile_map
     res = heldout.run(CKPT, DATA, members=4, steps_list=(8,), default_steps=8,
                       cases={"fmi/fmi_20170509": (1,), "bom/bom_2_20180616": (2,)},
-                      qmap=quantile_map(np.linspace(0, 10, 50), np.linspace(0, 10, 50)))
+                      qmap=quantile_map(np.linspace(0, 10, 50), np.linspace(0, 10, 50)), corrections=("correction",))
     s = res["summary"]
     assert s["down_8"]["crps_over_better_bilinear"] <= 0.8          # measured 0.69 at 250 steps
     assert 0.5 <= s["down_8"]["median_spread_skill"] <= 1.6
