@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,7 @@ def run(ckpt: Path, data_dir, *, members: int = 8, steps_list=(4, 6, 8, 12, 18),
             sat_frame = degrade(torch.from_numpy(lr_frame), deg, gen).numpy()
             k = WINDOWS[source] if max_windows is None else min(max_windows, WINDOWS[source])
             for (y, x) in wettest_windows(frame[:h, :w], SIZE, k):
+                print(f"heldout: {source} frame {t} window ({y}, {x}), case {len(rows) + 1}", file=sys.stderr, flush=True)
                 rows.append(_case(source, t, y, x, frame[:h, :w], lr_frame, sat_frame, down, dcfg, corrections,
                                   tcfg, f, members, steps_list, default_steps, seed, qmap))
     return {"rows": rows, "summary": summarise(rows, default_steps), "degradation": dataclasses.asdict(deg),
@@ -272,8 +274,9 @@ def main(argv=None) -> None:
 
 
 # Satellite-error models perturbed from the fit (train/DEGRADATION.md): stronger/weaker bias, larger
-# displacement, more noise and misses.
-PERTURBATIONS = {"bias_low": {"bias_a": 0.8}, "bias_high": {"bias_a": 1.5}, "shift_3px": {"shift_px": 3.0},
+# displacement, more noise and misses; "fitted" is the fit itself, the reference of a perturbed run made
+# with the same --windows/--members.
+PERTURBATIONS = {"fitted": {}, "bias_low": {"bias_a": 0.8}, "bias_high": {"bias_a": 1.5}, "shift_3px": {"shift_px": 3.0},
                  "noisy": {"noise_std": 0.35, "p_miss": 0.5}}
 
 
