@@ -1,9 +1,16 @@
 """Suite-wide fixtures: where the shared data lives, and a tiny two-stage bundle with random weights."""
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+# Without a GPU the Triton kernels run in Triton's interpreter. The variable must be set before anything
+# imports triton.language (its helpers such as tl.zeros are jitted at import, in the mode set then), and
+# this root conftest is imported before every test module (tests/benchmarks imports the kernels too).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from precipfast.config import EDMConfig, SamplerConfig, TransformConfig, UNetConfig, to_dict
 from precipfast.denoiser import build_denoiser
