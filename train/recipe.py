@@ -27,9 +27,10 @@ MARGIN = 0.5   # working-space headroom above the largest training residual (x1.
 
 
 def configs(stage: str, kind: str | None = None) -> dict:
-    """UNet, EDM (without the measured fields), sampler, data and train configs of one stage. kind
-    "edm" makes the correction stage a diffusion model of the coarse residual (an ensemble of corrected
-    fields, one per member) instead of the regression mean (MODEL_CARD.md compares the two)."""
+    """UNet, EDM (without the measured fields), sampler, data and train configs of one stage. For the
+    correction stage, kind "edm" makes it a diffusion model of the coarse residual (an ensemble of
+    corrected fields, one per member) and "mean+edm" CorrDiff's regression mean plus diffusion on its
+    remainder, instead of the regression mean (MODEL_CARD.md compares the three)."""
     data = DataConfig()
     if stage == "downscaling":
         return dict(unet=UNetConfig(model_channels=16, channel_mult=(1, 2, 2), attn_levels=(2,)),
@@ -89,17 +90,17 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
+    if args.stage != "correction" and (args.kind or args.mean):
+        ap.error("--kind and --mean choose the correction stage's design; the downscaling stage is EDM")
     c = configs(args.stage, args.kind)
     if args.steps:
         c["train"] = dataclasses.replace(c["train"], steps=args.steps)
     torch.set_num_threads(c["train"].threads or torch.get_num_threads())
+    if (c["edm"].kind == "mean+edm") != bool(args.mean):
+        ap.error("--kind mean+edm needs --mean REGRESSION_CHECKPOINT, and only it takes one")
+    mean_net, frozen = regression_mean(args.mean) if args.mean else (None, None)   # checked before the data loads
     train_data = PairDataset(c["data"], args.stage, "train", args.data)
     val_data = PairDataset(c["data"], args.stage, "val", args.data)
-    mean_net, frozen = None, None
-    if c["edm"].kind == "mean+edm":
-        if not args.mean:
-            ap.error("--kind mean+edm needs --mean REGRESSION_CHECKPOINT")
-        mean_net, frozen = regression_mean(args.mean)
     if args.resume and (Path(args.out) / "config.json").is_file():
         edm = from_dict(EDMConfig, read_config(args.out)["edm"])   # measured once, at the start
     else:

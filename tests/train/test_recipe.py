@@ -1,0 +1,43 @@
+"""train/recipe.py: the correction designs' configs, the remainder's sigma_data, and refused flag mixes."""
+import pytest
+import torch
+
+from precipfast.config import EDMConfig
+from precipfast.train import recipe
+
+
+def test_correction_kinds():
+    assert recipe.configs("correction")["edm"].kind == "regression"
+    assert recipe.configs("correction")["sampler"].num_steps == 2          # the mean is exact at 2 steps
+    for kind in ("edm", "mean+edm"):
+        c = recipe.configs("correction", kind)
+        assert c["edm"].kind == kind and c["sampler"].num_steps == 8
+
+
+class _Pairs:
+    """target = 2 * cond + noise of std 0.1: a mean network 2 * cond leaves a remainder of std 0.1."""
+
+    def batch(self, n, gen):
+        cond = torch.rand(n, 1, 8, 8, generator=gen)
+        return {"cond": cond, "target": 2 * cond + 0.1 * torch.randn(n, 1, 8, 8, generator=gen)}
+
+
+def test_sigma_data_of_a_mean_plus_edm_stage_is_the_remainders():
+    plain = recipe.measured_edm(EDMConfig(), _Pairs())
+    remainder = recipe.measured_edm(EDMConfig(kind="mean+edm"), _Pairs(), mean_net=lambda x, s, c: 2 * c)
+    assert plain.sigma_data > 0.5                                   # the residual itself varies with cond
+    assert remainder.sigma_data == pytest.approx(0.1, abs=0.005)
+    assert remainder.denoised_max == plain.denoised_max            # the bound is on the whole residual
+
+
+def test_design_flags_belong_to_the_correction_stage(capsys):
+    with pytest.raises(SystemExit) as e:
+        recipe.main(["--stage", "downscaling", "--kind", "edm", "--out", "unused"])
+    assert e.value.code == 2 and "choose the correction stage's design" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--kind", "mean+edm"], ["--kind", "edm", "--mean", "checkpoints/v2/correction"]])
+def test_mean_goes_with_mean_plus_edm_only(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        recipe.main(["--stage", "correction", "--out", "unused", *argv])
+    assert e.value.code == 2 and "--kind mean+edm needs --mean" in capsys.readouterr().err
