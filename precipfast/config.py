@@ -64,7 +64,7 @@ class UNetConfig:
         return 2 ** (len(self.channel_mult) - 1)
 
 
-KINDS = ("edm", "regression", "mean+edm")
+KINDS = ("edm", "regression", "mean+edm", "crps")
 
 
 @dataclass(frozen=True)
@@ -78,12 +78,15 @@ class EDMConfig:
     D(x, sigma, cond) = F(0, 0, cond) whatever x and sigma, trained with a plain MSE; the EDM sampler then
     returns F exactly, so a regression stage needs no runtime of its own (2 steps suffice).
     kind "mean+edm" is CorrDiff's full design: a frozen regression mean mu(cond) (same U-Net config) plus
-    EDM diffusion on the remainder y - mu; sigma_data is then the remainder's std (edm.Preconditioned)."""
+    EDM diffusion on the remainder y - mu; sigma_data is then the remainder's std (edm.Preconditioned).
+    kind "crps" is a generator of one member per evaluation, F(noise; cond), trained on the fair CRPS of
+    a few members in mm/h (train/loss.py); its sampler has num_steps 1 (edm.Preconditioned)."""
     sigma_data: float = 0.5                 # std of the (residual) data in transformed units
     p_mean: float = -0.8                    # mean of ln(sigma) during training
     p_std: float = 1.4                      # std of ln(sigma) during training
     kind: str = "edm"                       # "edm" (diffusion), "regression" (deterministic mean) or
                                             # "mean+edm" (regression mean + diffusion on the remainder)
+                                            # or "crps" (CRPS-trained generator, one evaluation a member)
     # The denoised residual is clamped to [-cond[:, 0], denoised_max] at inference (working space): the
     # rate is never negative and never beyond the largest residual seen in training plus a margin
     # (set per stage from its training targets; inf = no upper bound).
@@ -100,7 +103,8 @@ class EDMConfig:
 @dataclass(frozen=True)
 class SamplerConfig:
     """EDM sampler settings (Karras et al. 2022, Algorithm 2 and Eq. 5)."""
-    num_steps: int = 18                     # number of noise levels before the final 0
+    num_steps: int = 18                     # number of noise levels before the final 0 (1: a one-
+                                            # evaluation stage, kind regression or crps)
     sigma_min: float = 0.002                # smallest nonzero noise level
     sigma_max: float = 8.0                  # largest noise level (start of sampling; see EDMConfig)
     rho: float = 7.0                        # schedule curvature
@@ -111,7 +115,7 @@ class SamplerConfig:
     solver: str = "heun"                    # "heun" (2nd order) or "euler"
 
     def __post_init__(self):
-        _check(self.num_steps >= 2, f"sampler.num_steps must be >= 2, got {self.num_steps}")
+        _check(self.num_steps >= 1, f"sampler.num_steps must be >= 1, got {self.num_steps}")
         _check(0 < self.sigma_min < self.sigma_max,
                f"sampler needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
         _check(self.rho > 0, f"sampler.rho must be > 0, got {self.rho}")
@@ -211,7 +215,7 @@ class TrainConfig:
         _check(self.stage in STAGES, f"--stage must be one of {STAGES}, got {self.stage!r}")
         for name, lo, hi in (("steps", 1, 10 ** 9), ("batch_size", 1, 65536), ("warmup_steps", 0, 10 ** 9),
                              ("val_every", 1, 10 ** 9), ("checkpoint_every", 1, 10 ** 9), ("seed", 0, 2 ** 63 - 1),
-                             ("threads", 0, 4096), ("val_members", 2, 10000), ("val_steps", 2, 1000)):
+                             ("threads", 0, 4096), ("val_members", 2, 10000), ("val_steps", 1, 1000)):
             v = getattr(self, name)
             _check(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi,
                    f"--{name.replace('_', '-')} must be an integer in [{lo}, {hi}], got {v!r}")

@@ -18,9 +18,14 @@ NoiseFn = Callable[[int], torch.Tensor]  # step index -> standard normal tensor 
 
 def karras_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
                   dtype=torch.float64) -> torch.Tensor:
-    """Noise levels t_0 > ... > t_{N-1} = sigma_min, then t_N = 0 (Eq. 5). Shape (num_steps + 1,)."""
-    if num_steps < 2:
-        raise ValueError(f"num_steps must be >= 2, got {num_steps}")
+    """Noise levels t_0 > ... > t_{N-1} = sigma_min, then t_N = 0 (Eq. 5). Shape (num_steps + 1,).
+
+    num_steps 1 gives (sigma_max, 0): one Euler step from sigma_max to 0 returns D(sigma_max n) exactly,
+    the whole sampler of a one-evaluation stage (kind "regression" or "crps", Preconditioned)."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if num_steps == 1:
+        return torch.tensor([sigma_max, 0.0], dtype=torch.float64).to(dtype)
     i = torch.arange(num_steps, dtype=torch.float64)
     inv_rho = 1.0 / rho
     t = (sigma_max ** inv_rho + i / (num_steps - 1) * (sigma_min ** inv_rho - sigma_max ** inv_rho)) ** rho
@@ -135,13 +140,19 @@ class Preconditioned(torch.nn.Module):
     own N(0, sigma_max^2) prior approximation does). Trained with the plain EDM loss on y and mean_net
     frozen, the loss is exactly EDM's loss on r. In eval mode the result is clamped to
     [-cond[:, :1], denoised_max]: the residual never makes the rate negative nor exceeds the largest
-    residual of the training data (EDMConfig)."""
+    residual of the training data (EDMConfig).
+
+    kind "crps": a generator D = F(x / sigma; 0, cond) trained on the fair CRPS of a few members (the
+    CRPS-trained ensembles of Lang et al. 2024, "AIFS-CRPS", and Alet et al. 2025, "FGN"): its latent is
+    the sampler's own starting noise, x / sigma = n at sigma_max, and one Euler step from sigma_max to 0
+    (karras_sigmas(1)) returns D exactly, so each member costs one evaluation and the seed rules, the
+    tiling and every backend are the diffusion stages'."""
 
     def __init__(self, net: torch.nn.Module, sigma_data: float, kind: str = "edm",
                  denoised_max: float = math.inf, mean_net: torch.nn.Module | None = None):
         super().__init__()
-        if kind not in ("edm", "regression", "mean+edm"):
-            raise ValueError(f"kind must be 'edm', 'regression' or 'mean+edm', got {kind!r}")
+        if kind not in ("edm", "regression", "mean+edm", "crps"):
+            raise ValueError(f"kind must be 'edm', 'regression', 'mean+edm' or 'crps', got {kind!r}")
         if (kind == "mean+edm") != (mean_net is not None):
             raise ValueError("kind 'mean+edm' needs a mean_net, and only it takes one")
         self.net = net
@@ -164,6 +175,8 @@ class Preconditioned(torch.nn.Module):
         b = (-1,) + (1,) * (x.ndim - 1)
         if self.kind == "regression":
             out = self.net(torch.zeros_like(x), torch.zeros_like(sigma), cond).to(x.dtype)
+        elif self.kind == "crps":
+            out = self.net(x / sigma.view(b), torch.zeros_like(sigma), cond).to(x.dtype)
         else:
             if self.kind == "mean+edm" and mu is None:
                 mu = self.mean(x, cond)

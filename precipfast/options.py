@@ -94,7 +94,8 @@ def _model():
 
 
 def _steps():
-    return setting(None, "Sampler steps per stage (default: the bundle's).", lo=2, hi=1000, kind=int)
+    return setting(None, "Sampler steps of each diffusion stage (default: the bundle's; a one-evaluation "
+                   "stage keeps its one).", lo=2, hi=1000, kind=int)
 
 
 def _seed():

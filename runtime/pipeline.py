@@ -272,7 +272,9 @@ def _masked(x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
 
 
 def _steps(cfg: SamplerConfig, steps: int | None) -> SamplerConfig:
-    if steps is None:
+    """The stage's sampler with the user's --steps; a one-evaluation stage (num_steps 1 in its bundle: a
+    regression mean or a CRPS generator, edm.Preconditioned) has no steps to choose and keeps its one."""
+    if steps is None or cfg.num_steps == 1:
         return cfg
     from dataclasses import replace
     return replace(cfg, num_steps=int(steps))

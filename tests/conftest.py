@@ -45,16 +45,16 @@ def shipped_bundle():
     return SHIPPED
 
 
-def _tiny_stage(seed, attn=(1,)):
+def _tiny_stage(seed, attn=(1,), kind="edm"):
     torch.manual_seed(seed)
     unet = UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=attn, channels_per_head=8)
-    edm = EDMConfig(sigma_data=0.5, denoised_max=1.0)   # bounded like a trained stage (EDMConfig)
+    edm = EDMConfig(sigma_data=0.5, denoised_max=1.0, kind=kind)   # bounded like a trained stage (EDMConfig)
     den = build_denoiser(unet, edm)
     with torch.no_grad():  # EDM's zero init would make D = c_skip x: re-draw so F matters
         for p in den.parameters():
             p.normal_(0.0, 0.1)
     cfg = {"unet": to_dict(unet), "edm": to_dict(edm),
-           "sampler": to_dict(SamplerConfig(num_steps=4, sigma_max=10.0))}
+           "sampler": to_dict(SamplerConfig(num_steps=1 if kind == "crps" else 4, sigma_max=10.0))}
     return den.eval(), cfg
 
 
@@ -66,6 +66,16 @@ def tiny_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     return write_bundle(out, {"correction": _tiny_stage(1), "downscaling": _tiny_stage(2, attn=())}, name="tiny-test",
                         model_version="0.0.1", scale_factor=10, pooling="max",
+                        transform=to_dict(TransformConfig()), parity=False)
+
+
+@pytest.fixture(scope="session")
+def crps_bundle(tmp_path_factory):
+    """tiny_bundle with a CRPS generator (one evaluation a member) as its correction stage."""
+    from precipfast.export.bundle import write_bundle
+    out = tmp_path_factory.mktemp("bundle") / "crps"
+    return write_bundle(out, {"correction": _tiny_stage(1, kind="crps"), "downscaling": _tiny_stage(2, attn=())},
+                        name="tiny-crps", model_version="0.0.1", scale_factor=10, pooling="max",
                         transform=to_dict(TransformConfig()), parity=False)
 
 

@@ -37,8 +37,8 @@ def test_schedule_endpoints_and_monotone():
     # rho = 1 gives a linear schedule.
     lin = edm.karras_sigmas(5, 1.0, 5.0, 1.0)
     torch.testing.assert_close(lin[:-1], torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0], dtype=torch.float64))
-    with pytest.raises(ValueError, match="num_steps must be >= 2"):
-        edm.karras_sigmas(1)
+    with pytest.raises(ValueError, match="num_steps must be >= 1"):
+        edm.karras_sigmas(-3)
 
 
 def test_heun_exact_on_linear_ode():
@@ -147,3 +147,29 @@ def test_mean_plus_edm_needs_its_mean_net():
         edm.Preconditioned(_Affine(1, 0), 0.2, "mean+edm")
     with pytest.raises(ValueError, match="mean_net"):
         edm.Preconditioned(_Affine(1, 0), 0.2, "edm", mean_net=_Affine(1, 0))
+
+
+def test_one_step_schedule_returns_the_denoised_start_exactly():
+    """karras_sigmas(1) = (sigma_max, 0): the sampler's one Euler step gives D(sigma_max n) (to rounding)."""
+    torch.testing.assert_close(edm.karras_sigmas(1, 0.002, 8.0), torch.tensor([8.0, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match=">= 1"):
+        edm.karras_sigmas(0)
+    g = torch.Generator().manual_seed(5)
+    n, cond = torch.randn(2, 1, 4, 7, generator=g, dtype=torch.float64), torch.rand(2, 1, 4, 7, generator=g, dtype=torch.float64)
+    den = lambda x, s, c: torch.sin(3 * x) + c * s.view(-1, 1, 1, 1)   # noqa: E731  any function of x and sigma
+    got = edm.sample(den, cond, lambda i: n, edm.karras_sigmas(1, 0.002, 8.0))
+    torch.testing.assert_close(got, den(8.0 * n, torch.full((2,), 8.0, dtype=torch.float64), cond), rtol=0, atol=1e-14)
+
+
+def test_crps_generator_reads_its_latent_as_x_over_sigma():
+    """kind "crps": D = F(x / sigma; 0, cond), so at the sampler's start x / sigma_max is the noise itself
+    and one sample is F(n; 0, cond) whatever sigma_max is; the eval clamp keeps rates >= 0."""
+    g = torch.Generator().manual_seed(6)
+    n, cond = torch.randn(3, 1, 5, 6, generator=g), torch.rand(3, 1, 5, 6, generator=g)
+    d = edm.Preconditioned(_Affine(0.4, -0.9), 0.2, "crps").train()
+    for sigma_max in (1.0, 8.0, 80.0):
+        torch.testing.assert_close(d(sigma_max * n, torch.full((3,), sigma_max), cond), 0.4 * n - 0.9 * cond)
+    d.eval()
+    assert torch.equal(d(8.0 * n, torch.full((3,), 8.0), cond), torch.maximum(0.4 * n - 0.9 * cond, -cond))
+    with pytest.raises(ValueError, match="'crps'"):
+        edm.Preconditioned(_Affine(1, 0), 0.2, "gan")

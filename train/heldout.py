@@ -117,13 +117,15 @@ def run(ckpt: Path, data_dir, *, members: int = 8, steps_list=(4, 6, 8, 12, 18),
 def correction_designs(ckpt: Path, names: tuple[str, ...] | None = None) -> dict:
     """{design name: (denoiser, config)} of every correction checkpoint under ckpt (correction,
     correction_*): "regression" for a regression mean, "diffusion" for an EDM ensemble of corrections,
-    "regression+diffusion" for CorrDiff's regression mean plus diffusion on its remainder."""
+    "regression+diffusion" for CorrDiff's regression mean plus diffusion on its remainder, "crps" for a
+    CRPS-trained generator (one evaluation a member)."""
     from precipfast.train.checkpoint import load_checkpoint
     out = {}
     for d in sorted(ckpt.glob("correction*")) if names is None else [ckpt / n for n in names]:
         if (d / "config.json").is_file():
             den, cfg = load_checkpoint(d)
-            name = {"regression": "regression", "edm": "diffusion", "mean+edm": "regression+diffusion"}[cfg["edm"].get("kind", "edm")]
+            name = {"regression": "regression", "edm": "diffusion", "mean+edm": "regression+diffusion",
+                    "crps": "crps"}[cfg["edm"].get("kind", "edm")]
             out[name if name not in out else d.name] = (den, cfg)
         elif names is not None:
             raise FileNotFoundError(f"no correction checkpoint in {d}")

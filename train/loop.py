@@ -65,26 +65,23 @@ def validate(denoiser, batch: dict, stage: str, data_cfg: DataConfig, sampler_cf
 
 def train(train_cfg: TrainConfig, data_cfg: DataConfig, unet_cfg: UNetConfig, edm_cfg: EDMConfig,
           sampler_cfg: SamplerConfig, train_data, val_data, out_dir: str | Path, *, device: str = "auto",
-          resume: bool = False, progress: bool = True, frozen: dict | None = None) -> dict:
+          resume: bool = False, progress: bool = True, frozen: dict | None = None,
+          init: dict | None = None) -> dict:
     """Train one stage; writes checkpoints to out_dir and returns the final summary dict.
 
     train_data / val_data: objects with `batch(batch_size, generator) -> dict(target, cond, base)`.
     frozen: {parameter name: tensor} loaded into the denoiser and never trained (the regression mean of
-    a "mean+edm" stage, edm.Preconditioned); the optimiser holds only the other parameters."""
+    a "mean+edm" stage, edm.Preconditioned); the optimiser holds only the other parameters.
+    init: {parameter name: tensor} starting weights that are trained (a "crps" generator starts from the
+    regression mean's network); ignored on resume, where the checkpoint's weights are loaded."""
     dev = resolve_device(device)
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
     torch.manual_seed(train_cfg.seed)
     out = Path(out_dir)
     net = build_denoiser(unet_cfg, edm_cfg).to(dev).train()
-    if frozen:
-        params = dict(net.named_parameters())
-        unknown = sorted(set(frozen) - set(params))
-        if unknown:
-            raise ValueError(f"frozen weights {unknown[:3]} are not parameters of the {edm_cfg.kind} denoiser")
-        with torch.no_grad():
-            for name, value in frozen.items():
-                params[name].copy_(value).requires_grad_(False)
+    _load_params(net, frozen or {}, "frozen", edm_cfg.kind, freeze=True)
+    _load_params(net, init or {}, "initial", edm_cfg.kind, freeze=False)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     trainable = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
@@ -118,7 +115,7 @@ def train(train_cfg: TrainConfig, data_cfg: DataConfig, unet_cfg: UNetConfig, ed
         for g in opt.param_groups:
             g["lr"] = lr_at(step, train_cfg)
         with autocast:
-            loss = batch_loss(net, batch["target"].to(dev), batch["cond"].to(dev), edm_cfg, gen)
+            loss = batch_loss(net, batch["target"].to(dev), batch["cond"].to(dev), edm_cfg, gen, data_cfg.transform)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, train_cfg.grad_clip)
@@ -140,6 +137,17 @@ def train(train_cfg: TrainConfig, data_cfg: DataConfig, unet_cfg: UNetConfig, ed
             config["step"] = done
             save_checkpoint(out, config, net, ema, opt)
     return config
+
+
+@torch.no_grad()
+def _load_params(net: torch.nn.Module, weights: dict, what: str, kind: str, freeze: bool) -> None:
+    """Copy {parameter name: tensor} into net; freeze=True also stops their gradients."""
+    params = dict(net.named_parameters())
+    unknown = sorted(set(weights) - set(params))
+    if unknown:
+        raise ValueError(f"{what} weights {unknown[:3]} are not parameters of the {kind} denoiser")
+    for name, value in weights.items():
+        params[name].copy_(value).requires_grad_(not freeze)
 
 
 class _null:

@@ -4,6 +4,8 @@
     python -m precipfast.train.recipe --stage correction  --out checkpoints/v2/correction  [--resume]
     python -m precipfast.train.recipe --stage correction --kind mean+edm --mean checkpoints/v2/correction \
         --out checkpoints/v2/correction_mean_edm    (CorrDiff: diffusion on the regression's remainder)
+    python -m precipfast.train.recipe --stage correction --kind crps --init checkpoints/v2/correction \
+        --out checkpoints/v2/correction_crps        (a CRPS-trained generator, one evaluation a member)
 
 Stage 2 (downscaling) is an EDM diffusion model of the 1 km residual over bilinear interpolation of the
 mean-pooled field. Stage 1 (correction) is a deterministic regression mean of the coarse residual
@@ -24,6 +26,7 @@ from precipfast.config import DataConfig, EDMConfig, SamplerConfig, TrainConfig,
 from precipfast.train.data import PairDataset
 
 MARGIN = 0.5   # working-space headroom above the largest training residual (x1.65 in rate)
+ONE_SHOT = ("regression", "crps")   # kinds sampled with one evaluation (edm.karras_sigmas(1))
 
 
 def configs(stage: str, kind: str | None = None) -> dict:
@@ -39,10 +42,11 @@ def configs(stage: str, kind: str | None = None) -> dict:
                                       ema_halflife_steps=200, val_every=500, checkpoint_every=250, threads=1))
     kind = kind or "regression"
     return dict(unet=UNetConfig(model_channels=16, channel_mult=(1, 2, 2), attn_levels=(2,)),
-                edm=EDMConfig(kind=kind), sampler=SamplerConfig(num_steps=2 if kind == "regression" else 8),
+                edm=EDMConfig(kind=kind), sampler=SamplerConfig(num_steps=1 if kind in ONE_SHOT else 8),
                 data=dataclasses.replace(data, patch_lr=32),
                 train=TrainConfig(stage=stage, steps=1500, batch_size=32, lr=1e-3, warmup_steps=100,
-                                  ema_halflife_steps=200, val_every=500, checkpoint_every=250, threads=1))
+                                  ema_halflife_steps=200, val_every=500, checkpoint_every=250, threads=1,
+                                  val_steps=1 if kind in ONE_SHOT else 8))
 
 
 def measured_edm(edm: EDMConfig, train_data: PairDataset, n: int = 2048, seed: int = 0,
@@ -62,14 +66,16 @@ def measured_edm(edm: EDMConfig, train_data: PairDataset, n: int = 2048, seed: i
                                denoised_max=round(float(t.max()) + MARGIN, 4))
 
 
-def regression_mean(ckpt_dir) -> tuple[torch.nn.Module, dict]:
-    """The frozen regression network of a "mean+edm" stage, from a regression checkpoint: (its raw
-    U-Net, its weights renamed to the mean_net.* parameters of edm.Preconditioned)."""
+def regression_mean(ckpt_dir, prefix: str = "mean_net") -> tuple[torch.nn.Module, dict]:
+    """The regression network of a regression checkpoint: (its raw U-Net, its weights named as the
+    `prefix`.* parameters of edm.Preconditioned): mean_net.* is the frozen mean of a "mean+edm" stage,
+    net.* the starting weights of a "crps" generator."""
     from precipfast.train.checkpoint import load_checkpoint
     den, cfg = load_checkpoint(ckpt_dir)
     if cfg["edm"].get("kind") != "regression":
-        raise ValueError(f"{ckpt_dir} is a {cfg['edm'].get('kind')!r} checkpoint; --mean needs a regression one")
-    return den.net, {f"mean_net.{k}": v for k, v in den.net.state_dict().items()}
+        flag = "--mean" if prefix == "mean_net" else "--init"
+        raise ValueError(f"{ckpt_dir} is a {cfg['edm'].get('kind')!r} checkpoint; {flag} needs a regression one")
+    return den.net, {f"{prefix}.{k}": v for k, v in den.net.state_dict().items()}
 
 
 def main(argv=None) -> None:
@@ -82,23 +88,28 @@ def main(argv=None) -> None:
     ap.add_argument("--stage", choices=["correction", "downscaling"], required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--data", default="../shared/data")
-    ap.add_argument("--kind", choices=["regression", "edm", "mean+edm"], default=None,
+    ap.add_argument("--kind", choices=["regression", "edm", "mean+edm", "crps"], default=None,
                     help="the correction stage's model (default: the recipe's, regression)")
     ap.add_argument("--mean", default=None,
                     help="mean+edm: the regression checkpoint whose network is the frozen mean (CorrDiff)")
+    ap.add_argument("--init", default=None,
+                    help="crps: start from this regression checkpoint's network (then train all of it)")
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's optimiser steps")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
-    if args.stage != "correction" and (args.kind or args.mean):
-        ap.error("--kind and --mean choose the correction stage's design; the downscaling stage is EDM")
+    if args.stage != "correction" and (args.kind or args.mean or args.init):
+        ap.error("--kind, --mean and --init choose the correction stage's design; the downscaling stage is EDM")
     c = configs(args.stage, args.kind)
     if args.steps:
         c["train"] = dataclasses.replace(c["train"], steps=args.steps)
     torch.set_num_threads(c["train"].threads or torch.get_num_threads())
     if (c["edm"].kind == "mean+edm") != bool(args.mean):
         ap.error("--kind mean+edm needs --mean REGRESSION_CHECKPOINT, and only it takes one")
+    if args.init and c["edm"].kind != "crps":
+        ap.error("--init REGRESSION_CHECKPOINT starts a --kind crps generator; other kinds start from random weights")
     mean_net, frozen = regression_mean(args.mean) if args.mean else (None, None)   # checked before the data loads
+    init = regression_mean(args.init, "net")[1] if args.init else None
     train_data = PairDataset(c["data"], args.stage, "train", args.data)
     val_data = PairDataset(c["data"], args.stage, "val", args.data)
     if args.resume and (Path(args.out) / "config.json").is_file():
@@ -108,7 +119,8 @@ def main(argv=None) -> None:
     print(json.dumps({"stage": args.stage, "sigma_data": edm.sigma_data, "denoised_max": edm.denoised_max}),
           flush=True)
     summary = train(c["train"], c["data"], c["unet"], edm, c["sampler"], train_data, val_data, args.out,
-                    device=args.device, resume=args.resume, progress=True, frozen=frozen)
+                    device=args.device, resume=args.resume, progress=True, frozen=frozen,
+                    init=init)
     print(json.dumps(summary["history"][-1] if summary["history"] else {}), flush=True)
 
 

@@ -200,3 +200,35 @@ def test_mean_plus_edm_stage_round_trips_with_onnx_parity(tmp_path):
     assert np.abs(got - ref.numpy()).max() <= 1e-4 * np.abs(ref.numpy()).max()
     # The mean network is in the graph: leaving it out moves D far more than the export's rounding.
     assert np.abs(got - without_mean.numpy()).max() > 100 * np.abs(got - ref.numpy()).max()
+
+
+def test_crps_stage_round_trips_with_onnx_parity(tmp_path):
+    """A CRPS-trained generator (kind "crps") ships as a one-step stage: its ONNX graph reads the latent as
+    x / sigma like the eager module, and the manifest keeps its one step."""
+    import numpy as np
+    from precipfast.config import EDMConfig, SamplerConfig, UNetConfig
+    from precipfast.denoiser import build_denoiser
+    from precipfast.runtime.backends import ort_session
+    torch.manual_seed(5)
+    edm = EDMConfig(sigma_data=0.3, kind="crps", denoised_max=4.0)
+    den = build_denoiser(UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(), cond_channels=1), edm)
+    with torch.no_grad():
+        for p in den.parameters():
+            p.normal_(0.0, 0.15)
+    den.eval()
+    cfg = {"unet": to_dict(den.net.cfg), "edm": to_dict(edm), "sampler": to_dict(SamplerConfig(num_steps=1))}
+    out = write_bundle(tmp_path / "b", {"correction": (den, cfg)}, **COMMON)
+    assert json.loads((out / "parity.json").read_text())["correction"]["passed"]
+    assert json.loads((out / "manifest.json").read_text())["stages"]["correction"]["sampler"]["num_steps"] == 1
+    loaded = load_denoisers(out)["correction"]
+    assert loaded.kind == "crps"
+    n, cond = torch.randn(2, 1, 21, 30), torch.rand(2, 1, 21, 30)
+    sigma = torch.tensor([8.0, 2.0])
+    x = n * sigma.view(-1, 1, 1, 1)
+    with torch.inference_mode():
+        ref = den(x, sigma, cond)
+        assert torch.equal(loaded(x, sigma, cond), ref)
+        torch.testing.assert_close(ref[1], den(8.0 * n[1:], torch.tensor([8.0]), cond[1:])[0])  # only x / sigma
+    got = ort_session(out / "correction.onnx", threads=1).run(
+        None, {"x": x.numpy(), "sigma": sigma.numpy(), "cond": cond.numpy()})[0]
+    assert np.abs(got - ref.numpy()).max() <= 1e-4 * np.abs(ref.numpy()).max()

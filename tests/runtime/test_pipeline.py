@@ -88,3 +88,18 @@ def test_diverged_sampling_is_refused_not_written(tiny_bundle):
     with pytest.raises(SamplingError, match=r"downscaling stage diverged: \d+ of 8400 rates are inf or NaN with "
                                             r"3 Heun steps .*use more --steps"):
         pipe.sample_field(LR, 2, 3, seed=0)
+
+
+def test_crps_correction_is_one_evaluation_per_member_whatever_steps(crps_bundle):
+    """A one-step stage keeps its one evaluation under --steps (which sets the diffusion stage's), gives
+    one corrected field per member, and keeps the seed rules: any batch size, any member subset."""
+    pipe = _pipe(crps_bundle)
+    assert pipe.evaluations_per_member(steps=3) == 1 + 5 and pipe.evaluations_per_member() == 1 + 7
+    a = pipe.sample_field(LR, 3, 3, seed=7)
+    b = _pipe(crps_bundle, max_batch=1).sample_field(LR, 3, 6, seed=7)
+    c = pipe.sample_field(LR, 1, 3, seed=7, member_ids=[1])
+    np.testing.assert_allclose(a["corrected_lr"], b["corrected_lr"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a["corrected_lr"][1:2], c["corrected_lr"], rtol=1e-5, atol=1e-6)
+    assert np.abs(a["corrected_lr"][0] - a["corrected_lr"][1]).mean() > 1e-3     # an ensemble of corrections
+    o = _pipe(crps_bundle, backend="onnxruntime").sample_field(LR, 3, 3, seed=7)
+    np.testing.assert_allclose(a["corrected_lr"], o["corrected_lr"], rtol=1e-4, atol=1e-5)

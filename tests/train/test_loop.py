@@ -109,3 +109,53 @@ def test_frozen_mean_is_never_trained(tmp_path):
     with pytest.raises(ValueError, match="not parameters"):
         train(t, d, u, EDMConfig(sigma_data=0.1), s, data, data, tmp_path / "n", device="cpu", progress=False,
               frozen=frozen)
+
+
+def test_crps_loss_is_the_fair_crps_of_the_members_in_mm_h():
+    """The crps stage's loss against an independent computation: members from the generator's own latent,
+    rates through the inverse transform, fair CRPS (Ferro 2014) by the double sum."""
+    from precipfast.config import TransformConfig
+    from precipfast.train.loss import crps_loss
+    from precipfast.transform import inverse
+
+    class Gen(torch.nn.Module):          # F(z; cond) = 0.5 z + 0.2 cond, D = F(x / sigma)
+        def forward(self, z, c_noise, cond):
+            return 0.5 * z + 0.2 * cond
+    den = build_denoiser(TINY, EDMConfig(kind="crps"))
+    den.net = Gen()
+    den.train()
+    g = torch.Generator().manual_seed(1)
+    cond, target = torch.rand(2, 1, 3, 4, generator=g), 0.3 * torch.randn(2, 1, 3, 4, generator=g)
+    tcfg = TransformConfig()
+    got = crps_loss(den, target, cond, EDMConfig(kind="crps"), tcfg, torch.Generator().manual_seed(9), members=3)
+    z = torch.randn(6, 1, 3, 4, generator=torch.Generator().manual_seed(9)).view(2, 3, 1, 3, 4)
+    ens = inverse(cond[:, None] + 0.5 * z + 0.2 * cond[:, None], tcfg)         # (B, M, 1, H, W)
+    truth = inverse(cond + target, tcfg)
+    skill = (ens - truth[:, None]).abs().mean(1)
+    spread = (ens[:, :, None] - ens[:, None]).abs().sum((1, 2)) / (2 * 3 * 2)
+    torch.testing.assert_close(got, (skill - spread).mean())
+    # A perfect, spread-free ensemble scores 0.
+    den.net = type("Exact", (torch.nn.Module,), {"forward": lambda self, z, c, cond: target.repeat_interleave(4, 0)})()
+    assert float(crps_loss(den, target, cond, EDMConfig(kind="crps"), tcfg, members=4)) == pytest.approx(0, abs=1e-7)
+
+
+def test_init_weights_are_trained_from(tmp_path):
+    """A crps generator starts from the regression's network (init=) and then trains all of it."""
+    data = FixedBatch()
+    reg = build_denoiser(TINY, EDMConfig(sigma_data=0.3, kind="regression"))
+    with torch.no_grad():
+        for p in reg.net.parameters():
+            p.add_(0.01)
+    init = {f"net.{k}": v.clone() for k, v in reg.net.state_dict().items()}
+    t, d, u, _, s = _cfgs(3)
+    train(t, d, u, EDMConfig(sigma_data=0.3, kind="crps"), s, data, data, tmp_path / "c", device="cpu",
+          progress=False, init=init)
+    den, _ = load_checkpoint(tmp_path / "c", "model")
+    moved = [k for k, v in den.net.state_dict().items() if not torch.equal(v, init[f"net.{k}"])]
+    assert moved and all(den.net.state_dict()[k].shape == init[f"net.{k}"].shape for k in moved)
+    # every weight moved by at most what 3 AdamW steps can do from its start, so it started there
+    for k, v in den.net.state_dict().items():
+        assert float((v - init[f"net.{k}"]).abs().max()) < 0.05, k
+    with pytest.raises(ValueError, match="initial weights"):
+        train(t, d, u, EDMConfig(sigma_data=0.3, kind="crps"), s, data, data, tmp_path / "d", device="cpu",
+              progress=False, init={"nope.weight": torch.zeros(1)})

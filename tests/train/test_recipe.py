@@ -8,7 +8,9 @@ from precipfast.train import recipe
 
 def test_correction_kinds():
     assert recipe.configs("correction")["edm"].kind == "regression"
-    assert recipe.configs("correction")["sampler"].num_steps == 2          # the mean is exact at 2 steps
+    for kind in ("regression", "crps"):      # one evaluation: the mean, or one member of the generator
+        c = recipe.configs("correction", kind)
+        assert c["edm"].kind == kind and c["sampler"].num_steps == 1 and c["train"].val_steps == 1
     for kind in ("edm", "mean+edm"):
         c = recipe.configs("correction", kind)
         assert c["edm"].kind == kind and c["sampler"].num_steps == 8
@@ -41,3 +43,15 @@ def test_mean_goes_with_mean_plus_edm_only(argv, capsys):
     with pytest.raises(SystemExit) as e:
         recipe.main(["--stage", "correction", "--out", "unused", *argv])
     assert e.value.code == 2 and "--kind mean+edm needs --mean" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["regression", "edm"])
+def test_init_goes_with_crps_only(kind, capsys):
+    with pytest.raises(SystemExit) as e:
+        recipe.main(["--stage", "correction", "--out", "unused", "--kind", kind, "--init", "checkpoints/v2/correction"])
+    assert e.value.code == 2 and "--init REGRESSION_CHECKPOINT starts a --kind crps generator" in capsys.readouterr().err
+
+
+def test_init_needs_a_regression_checkpoint(capsys):
+    with pytest.raises(ValueError, match="'edm' checkpoint; --init needs a regression one"):
+        recipe.main(["--stage", "correction", "--out", "unused", "--kind", "crps", "--init", "checkpoints/v2/correction_edm"])
