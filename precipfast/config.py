@@ -209,8 +209,16 @@ class TrainConfig:
     val_steps: int = 8                      # sampler steps for validation
     checkpoint_every: int = 250             # steps between checkpoints (the shipped model was trained with 250)
     threads: int = 0                        # torch CPU threads (0 = all cores)
+    # kind "crps" stages (train/loss.py crps_loss): the fair CRPS is averaged over the fields block-averaged
+    # by each of these factors (1 = the pixels), and scored on rates ("rate", mm/h) or log1p rates ("log").
+    crps_scales: tuple[int, ...] = (1,)
+    crps_space: str = "rate"
 
     def __post_init__(self):
+        object.__setattr__(self, "crps_scales", tuple(self.crps_scales))
+        _check(len(self.crps_scales) > 0 and all(isinstance(k, int) and k >= 1 for k in self.crps_scales),
+               f"train.crps_scales must be integers >= 1, got {self.crps_scales!r}")
+        _check(self.crps_space in ("rate", "log"), f"train.crps_space must be 'rate' or 'log', got {self.crps_space!r}")
         # Messages name the CLI flag: one name per setting (--batch-size <-> batch_size).
         _check(self.stage in STAGES, f"--stage must be one of {STAGES}, got {self.stage!r}")
         for name, lo, hi in (("steps", 1, 10 ** 9), ("batch_size", 1, 65536), ("warmup_steps", 0, 10 ** 9),

@@ -115,7 +115,8 @@ def train(train_cfg: TrainConfig, data_cfg: DataConfig, unet_cfg: UNetConfig, ed
         for g in opt.param_groups:
             g["lr"] = lr_at(step, train_cfg)
         with autocast:
-            loss = batch_loss(net, batch["target"].to(dev), batch["cond"].to(dev), edm_cfg, gen, data_cfg.transform)
+            loss = batch_loss(net, batch["target"].to(dev), batch["cond"].to(dev), edm_cfg, gen, data_cfg.transform,
+                              train_cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, train_cfg.grad_clip)

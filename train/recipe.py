@@ -27,6 +27,7 @@ from precipfast.train.data import PairDataset
 
 MARGIN = 0.5   # working-space headroom above the largest training residual (x1.65 in rate)
 ONE_SHOT = ("regression", "crps")   # kinds sampled with one evaluation (edm.karras_sigmas(1))
+CRPS = dict(crps_scales=(1, 2, 4, 8), crps_space="rate")   # train/loss.py crps_loss
 
 
 def configs(stage: str, kind: str | None = None) -> dict:
@@ -46,7 +47,7 @@ def configs(stage: str, kind: str | None = None) -> dict:
                 data=dataclasses.replace(data, patch_lr=32),
                 train=TrainConfig(stage=stage, steps=1500, batch_size=32, lr=1e-3, warmup_steps=100,
                                   ema_halflife_steps=200, val_every=500, checkpoint_every=250, threads=1,
-                                  val_steps=1 if kind in ONE_SHOT else 8))
+                                  val_steps=1 if kind in ONE_SHOT else 8, **(CRPS if kind == "crps" else {})))
 
 
 def measured_edm(edm: EDMConfig, train_data: PairDataset, n: int = 2048, seed: int = 0,
@@ -94,6 +95,7 @@ def main(argv=None) -> None:
                     help="mean+edm: the regression checkpoint whose network is the frozen mean (CorrDiff)")
     ap.add_argument("--init", default=None,
                     help="crps: start from this regression checkpoint's network (then train all of it)")
+    ap.add_argument("--crps-space", choices=["rate", "log"], default=None, help="crps: score mm/h or log1p")
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's optimiser steps")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--resume", action="store_true")
@@ -101,6 +103,8 @@ def main(argv=None) -> None:
     if args.stage != "correction" and (args.kind or args.mean or args.init):
         ap.error("--kind, --mean and --init choose the correction stage's design; the downscaling stage is EDM")
     c = configs(args.stage, args.kind)
+    if args.crps_space:
+        c["train"] = dataclasses.replace(c["train"], crps_space=args.crps_space)
     if args.steps:
         c["train"] = dataclasses.replace(c["train"], steps=args.steps)
     torch.set_num_threads(c["train"].threads or torch.get_num_threads())

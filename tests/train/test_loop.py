@@ -134,6 +134,15 @@ def test_crps_loss_is_the_fair_crps_of_the_members_in_mm_h():
     skill = (ens - truth[:, None]).abs().mean(1)
     spread = (ens[:, :, None] - ens[:, None]).abs().sum((1, 2)) / (2 * 3 * 2)
     torch.testing.assert_close(got, (skill - spread).mean())
+    # Block scales and log space: the same members, pooled in mm/h by 2, then log1p.
+    got2 = crps_loss(den, target, cond, EDMConfig(kind="crps"), tcfg, torch.Generator().manual_seed(9), members=3,
+                     scales=(1, 2), space="log")
+    def fair(e, t):
+        return ((e - t[:, None]).abs().mean(1) - (e[:, :, None] - e[:, None]).abs().sum((1, 2)) / (2 * 3 * 2)).mean()
+    pool = lambda a: torch.nn.functional.avg_pool2d(a.flatten(0, 1), 2).view(*a.shape[:3], 1, 2)  # noqa: E731
+    want = 0.5 * (fair(torch.log1p(ens), torch.log1p(truth))
+                  + fair(torch.log1p(pool(ens)), torch.log1p(torch.nn.functional.avg_pool2d(truth, 2))))
+    torch.testing.assert_close(got2, want)
     # A perfect, spread-free ensemble scores 0.
     den.net = type("Exact", (torch.nn.Module,), {"forward": lambda self, z, c, cond: target.repeat_interleave(4, 0)})()
     assert float(crps_loss(den, target, cond, EDMConfig(kind="crps"), tcfg, members=4)) == pytest.approx(0, abs=1e-7)
@@ -159,3 +168,32 @@ def test_init_weights_are_trained_from(tmp_path):
     with pytest.raises(ValueError, match="initial weights"):
         train(t, d, u, EDMConfig(sigma_data=0.3, kind="crps"), s, data, data, tmp_path / "d", device="cpu",
               progress=False, init={"nope.weight": torch.zeros(1)})
+
+
+def test_block_scales_prefer_errors_coherent_in_space():
+    """Two generators with the same pixel marginals, N(0, 0.5^2) in working space: one draws every pixel
+    independently, one shifts the whole field by one draw, as the truth does. The pixel CRPS cannot tell
+    them apart; the block-mean CRPS (scale 4) prefers the coherent one by a wide margin."""
+    from precipfast.config import TransformConfig
+    from precipfast.train.loss import crps_loss
+
+    class Indep(torch.nn.Module):
+        def forward(self, z, c_noise, cond):
+            return 0.5 * z
+
+    class Coherent(torch.nn.Module):
+        def forward(self, z, c_noise, cond):
+            return 0.5 * z[..., :1, :1].expand_as(z)
+    g = torch.Generator().manual_seed(2)
+    cond = torch.full((256, 1, 8, 8), 1.5)
+    target = 0.5 * torch.randn(256, 1, 1, 1, generator=g).expand(256, 1, 8, 8)
+    scores = {}
+    for name, net in (("indep", Indep()), ("coherent", Coherent())):
+        den = build_denoiser(TINY, EDMConfig(kind="crps"))
+        den.net = net
+        for scales in ((1,), (4,), (1, 4)):
+            scores[name, scales] = float(crps_loss(den, target, cond, EDMConfig(kind="crps"), TransformConfig(),
+                                                   torch.Generator().manual_seed(3), scales=scales))
+    assert scores["indep", (1,)] == pytest.approx(scores["coherent", (1,)], rel=0.1)
+    assert scores["indep", (4,)] > 1.2 * scores["coherent", (4,)]
+    assert scores["indep", (1, 4)] > 1.1 * scores["coherent", (1, 4)]
