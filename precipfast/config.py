@@ -213,11 +213,15 @@ class TrainConfig:
     # by each of these factors (1 = the pixels), and scored on rates ("rate", mm/h) or log1p rates ("log").
     crps_scales: tuple[int, ...] = (1,)
     crps_space: str = "rate"
+    crps_max_scales: tuple[int, ...] = ()   # ... and over the fields' block maxima (max-pooled by these)
 
     def __post_init__(self):
         object.__setattr__(self, "crps_scales", tuple(self.crps_scales))
+        object.__setattr__(self, "crps_max_scales", tuple(self.crps_max_scales))
         _check(len(self.crps_scales) > 0 and all(isinstance(k, int) and k >= 1 for k in self.crps_scales),
                f"train.crps_scales must be integers >= 1, got {self.crps_scales!r}")
+        _check(all(isinstance(k, int) and k >= 2 for k in self.crps_max_scales),
+               f"train.crps_max_scales must be integers >= 2, got {self.crps_max_scales!r}")
         _check(self.crps_space in ("rate", "log"), f"train.crps_space must be 'rate' or 'log', got {self.crps_space!r}")
         # Messages name the CLI flag: one name per setting (--batch-size <-> batch_size).
         _check(self.stage in STAGES, f"--stage must be one of {STAGES}, got {self.stage!r}")

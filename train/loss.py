@@ -28,7 +28,7 @@ def batch_loss(denoiser: Denoiser, target: torch.Tensor, cond: torch.Tensor, edm
     if edm_cfg.kind == "crps":
         tc = train_cfg or TrainConfig()
         return crps_loss(denoiser, target, cond, edm_cfg, transform or TransformConfig(), generator,
-                         scales=tc.crps_scales, space=tc.crps_space)
+                         scales=tc.crps_scales, space=tc.crps_space, max_scales=tc.crps_max_scales)
     if edm_cfg.kind == "regression":
         zeros = torch.zeros(target.shape[0], device=target.device)
         return ((denoiser(torch.zeros_like(target), zeros, cond) - target) ** 2).mean()
@@ -39,9 +39,10 @@ def batch_loss(denoiser: Denoiser, target: torch.Tensor, cond: torch.Tensor, edm
 
 def crps_loss(denoiser: Denoiser, target: torch.Tensor, cond: torch.Tensor, edm_cfg: EDMConfig,
               transform: TransformConfig, generator: torch.Generator | None = None,
-              members: int = CRPS_MEMBERS, scales: tuple[int, ...] = (1,), space: str = "rate") -> torch.Tensor:
+              members: int = CRPS_MEMBERS, scales: tuple[int, ...] = (1,), space: str = "rate",
+              max_scales: tuple[int, ...] = ()) -> torch.Tensor:
     """Fair CRPS (Ferro 2014) of `members` generated fields per sample, averaged over pixels and over the
-    block-averaging `scales`.
+    block-averaging `scales` and block-maximum `max_scales`.
 
     The CRPS is a proper score, so its minimum is the true conditional distribution and the members become
     calibrated samples (Lang et al. 2024, AIFS-CRPS); the fair form is unbiased with few members. Scored
@@ -50,7 +51,9 @@ def crps_loss(denoiser: Denoiser, target: torch.Tensor, cond: torch.Tensor, edm_
     too (scales 2, 4, 8: 20-80 km) rewards errors that are coherent in space, as the satellite's are
     (displacement, footprint blur); each block mean's CRPS is proper as well, so the sum stays proper.
     space "rate" scores mm/h, the suite's score, "log" log1p of the block-mean rates (multiplicative
-    errors weigh alike at every intensity). The members' rates are those the stage writes: residual capped
+    errors weigh alike at every intensity). Block maxima (max_scales) score the distribution of the members'
+    peaks against the truth's: the CRPS of a field's functional is proper too, and this one is what the
+    guard and the "never invent intensities" limits look at. The members' rates are those the stage writes: residual capped
     at denoised_max, rate clipped at 0."""
     b, shape = target.shape[0], tuple(target.shape[1:])
     cond_m = cond.repeat_interleave(members, 0)
@@ -61,9 +64,10 @@ def crps_loss(denoiser: Denoiser, target: torch.Tensor, cond: torch.Tensor, edm_
     ens = inverse(cond_m[:, : shape[0]] + res, transform)                 # (b * members, C, H, W) mm/h
     truth = inverse(cond[:, : shape[0]] + target, transform)
     total = 0.0
-    for k in scales:
-        e, t = (F.avg_pool2d(ens, k), F.avg_pool2d(truth, k)) if k > 1 else (ens, truth)
+    pooled = [(F.avg_pool2d, k) for k in scales] + [(F.max_pool2d, k) for k in max_scales]
+    for pool, k in pooled:
+        e, t = (pool(ens, k), pool(truth, k)) if k > 1 else (ens, truth)
         if space == "log":
             e, t = torch.log1p(e), torch.log1p(t)
         total = total + crps_ensemble(e.view(b, members, *e.shape[1:]).transpose(0, 1), t, fair=True).mean()
-    return total / len(scales)
+    return total / len(pooled)

@@ -27,7 +27,7 @@ from precipfast.train.data import PairDataset
 
 MARGIN = 0.5   # working-space headroom above the largest training residual (x1.65 in rate)
 ONE_SHOT = ("regression", "crps")   # kinds sampled with one evaluation (edm.karras_sigmas(1))
-CRPS = dict(crps_scales=(1, 2, 4, 8), crps_space="rate")   # train/loss.py crps_loss
+CRPS = dict(crps_scales=(1, 2, 4, 8), crps_space="rate", crps_max_scales=(4, 8, 32))   # train/loss.py crps_loss
 
 
 def configs(stage: str, kind: str | None = None) -> dict:

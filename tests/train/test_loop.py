@@ -134,14 +134,16 @@ def test_crps_loss_is_the_fair_crps_of_the_members_in_mm_h():
     skill = (ens - truth[:, None]).abs().mean(1)
     spread = (ens[:, :, None] - ens[:, None]).abs().sum((1, 2)) / (2 * 3 * 2)
     torch.testing.assert_close(got, (skill - spread).mean())
-    # Block scales and log space: the same members, pooled in mm/h by 2, then log1p.
+    # Block means and maxima, in log space: the same members, pooled in mm/h by 2, then log1p.
     got2 = crps_loss(den, target, cond, EDMConfig(kind="crps"), tcfg, torch.Generator().manual_seed(9), members=3,
-                     scales=(1, 2), space="log")
+                     scales=(1, 2), space="log", max_scales=(2,))
     def fair(e, t):
         return ((e - t[:, None]).abs().mean(1) - (e[:, :, None] - e[:, None]).abs().sum((1, 2)) / (2 * 3 * 2)).mean()
-    pool = lambda a: torch.nn.functional.avg_pool2d(a.flatten(0, 1), 2).view(*a.shape[:3], 1, 2)  # noqa: E731
-    want = 0.5 * (fair(torch.log1p(ens), torch.log1p(truth))
-                  + fair(torch.log1p(pool(ens)), torch.log1p(torch.nn.functional.avg_pool2d(truth, 2))))
+    F = torch.nn.functional
+    pool = lambda f, a: f(a.flatten(0, 1), 2).view(*a.shape[:3], 1, 2)  # noqa: E731
+    want = (fair(torch.log1p(ens), torch.log1p(truth))
+            + fair(torch.log1p(pool(F.avg_pool2d, ens)), torch.log1p(F.avg_pool2d(truth, 2)))
+            + fair(torch.log1p(pool(F.max_pool2d, ens)), torch.log1p(F.max_pool2d(truth, 2)))) / 3
     torch.testing.assert_close(got2, want)
     # A perfect, spread-free ensemble scores 0.
     den.net = type("Exact", (torch.nn.Module,), {"forward": lambda self, z, c, cond: target.repeat_interleave(4, 0)})()
