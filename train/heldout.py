@@ -14,7 +14,8 @@ all as half-hour (QPE: hourly) mean rates. Per case:
 - two stages on satellite-like input (train/degrade.py on the whole coarse frame, fixed seed): the
   corrected coarse field's MAE against the input's, then the 1 km ensemble's fair CRPS against the MAE
   of bilinear of the input, and the members' 99.99th percentile and maximum against the truth's maximum.
-Correction designs compared: none, quantile mapping (train/qmap.py) and the shipped regression stage.
+Correction designs compared: none, quantile mapping (train/qmap.py) and every correction checkpoint
+(regression, diffusion, CorrDiff's regression + diffusion, CRPS-trained generators).
 """
 from __future__ import annotations
 
@@ -88,9 +89,12 @@ def score_downscaling(ens: torch.Tensor, truth: torch.Tensor, baselines: dict) -
 
 def run(ckpt: Path, data_dir, *, members: int = 8, steps_list=(4, 6, 8, 12, 18), default_steps: int = 8,
         seed: int = 0, degradation: DegradationConfig | None = None, qmap=None, cases=None,
-        corrections: tuple[str, ...] | None = None, max_windows: int | None = None) -> dict:
+        corrections: tuple[str, ...] | None = None, max_windows: int | None = None,
+        schedule: dict | None = None) -> dict:
+    """schedule: sampler settings of the downscaling stage that replace its checkpoint's (sigma_max, rho)."""
     from precipfast.train.checkpoint import load_checkpoint
     down, dcfg = load_checkpoint(ckpt / "downscaling")
+    dcfg["sampler"] = {**dcfg["sampler"], **(schedule or {})}
     corrections = correction_designs(ckpt, corrections)
     tcfg, f = _transform(dcfg), int(dcfg["data"]["scale_factor"])
     deg = degradation or DegradationConfig(**{k: v for k, v in dcfg["data"]["degradation"].items()})
@@ -118,14 +122,15 @@ def correction_designs(ckpt: Path, names: tuple[str, ...] | None = None) -> dict
     """{design name: (denoiser, config)} of every correction checkpoint under ckpt (correction,
     correction_*): "regression" for a regression mean, "diffusion" for an EDM ensemble of corrections,
     "regression+diffusion" for CorrDiff's regression mean plus diffusion on its remainder, "crps" for a
-    CRPS-trained generator (one evaluation a member)."""
+    CRPS-trained generator (one evaluation a member), named by its directory (correction_crps -> crps)."""
     from precipfast.train.checkpoint import load_checkpoint
     out = {}
     for d in sorted(ckpt.glob("correction*")) if names is None else [ckpt / n for n in names]:
         if (d / "config.json").is_file():
             den, cfg = load_checkpoint(d)
+            kind = cfg["edm"].get("kind", "edm")
             name = {"regression": "regression", "edm": "diffusion", "mean+edm": "regression+diffusion",
-                    "crps": "crps"}[cfg["edm"].get("kind", "edm")]
+                    "crps": d.name.removeprefix("correction_")}[kind]
             out[name if name not in out else d.name] = (den, cfg)
         elif names is not None:
             raise FileNotFoundError(f"no correction checkpoint in {d}")
@@ -251,6 +256,8 @@ def main(argv=None) -> None:
                     help="at most this many windows per frame (default: heldout.WINDOWS, 18 cases in all)")
     ap.add_argument("--corrections", default=None,
                     help="comma-separated correction checkpoint dirs under --ckpt (default: every correction*)")
+    ap.add_argument("--sigma-max", type=float, default=None, help="the downscaling sampler's (default: its checkpoint's)")
+    ap.add_argument("--rho", type=float, default=None, help="the downscaling sampler's schedule curvature")
     ap.add_argument("--perturb", choices=sorted(PERTURBATIONS), default=None,
                     help="score the two-stage path under a perturbed satellite-error model instead")
     args = ap.parse_args(argv)
@@ -269,7 +276,8 @@ def main(argv=None) -> None:
     res = run(Path(args.ckpt), args.data, members=args.members, steps_list=steps, default_steps=args.default_steps,
               qmap=qmap, degradation=deg,
               corrections=tuple(args.corrections.split(",")) if args.corrections else None,
-              max_windows=args.windows)
+              max_windows=args.windows,
+              schedule={k: v for k, v in (("sigma_max", args.sigma_max), ("rho", args.rho)) if v is not None})
     (out / f"{label}.json").write_text(json.dumps(res, indent=1) + "\n")
     (out / f"{label}.md").write_text(markdown(res) + "\n")
     print(markdown(res))

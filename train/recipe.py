@@ -5,11 +5,13 @@
     python -m precipfast.train.recipe --stage correction --kind mean+edm --mean checkpoints/v2/correction \
         --out checkpoints/v2/correction_mean_edm    (CorrDiff: diffusion on the regression's remainder)
     python -m precipfast.train.recipe --stage correction --kind crps --init checkpoints/v2/correction \
-        --out checkpoints/v2/correction_crps        (a CRPS-trained generator, one evaluation a member)
+        --steps 1000 --out checkpoints/v2/correction_crps_max   (the shipped correction)
 
 Stage 2 (downscaling) is an EDM diffusion model of the 1 km residual over bilinear interpolation of the
-mean-pooled field. Stage 1 (correction) is a deterministic regression mean of the coarse residual
-(CorrDiff's regression stage; MODEL_CARD.md compares it with diffusion and with quantile mapping).
+mean-pooled field. Stage 1 (correction) as shipped is a generator of the coarse residual trained on the
+fair CRPS of pixels, block means and block maxima (CRPS), one evaluation a member, started from the
+deterministic regression mean (CorrDiff's regression stage, the default --kind); MODEL_CARD.md compares
+it with the regression, diffusion, CorrDiff's pair and quantile mapping.
 sigma_data and the denoised upper bound are measured on the stage's own training targets. The run is
 resumable: checkpoints every `checkpoint_every` steps, a rerun with --resume continues bit for bit.
 """
@@ -38,7 +40,7 @@ def configs(stage: str, kind: str | None = None) -> dict:
     data = DataConfig()
     if stage == "downscaling":
         return dict(unet=UNetConfig(model_channels=16, channel_mult=(1, 2, 2), attn_levels=(2,)),
-                    edm=EDMConfig(), sampler=SamplerConfig(num_steps=8), data=data,
+                    edm=EDMConfig(), sampler=SamplerConfig(num_steps=8, sigma_max=4.0, rho=3.0), data=data,
                     train=TrainConfig(stage=stage, steps=2500, batch_size=16, lr=2e-3, warmup_steps=100,
                                       ema_halflife_steps=200, val_every=500, checkpoint_every=250, threads=1))
     kind = kind or "regression"
