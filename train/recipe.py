@@ -52,6 +52,19 @@ def configs(stage: str, kind: str | None = None) -> dict:
                                   val_steps=1 if kind in ONE_SHOT else 8, **(CRPS if kind == "crps" else {})))
 
 
+def max_scales(ap: argparse.ArgumentParser, text: str) -> tuple[int, ...]:
+    """--crps-max-scales: 'none' or comma-separated block sizes in coarse px, each >= 2."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        scales = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        scales = ()
+    if not scales or any(k < 2 for k in scales):
+        ap.error(f"--crps-max-scales must be 'none' or block sizes >= 2 in coarse px, like 4,8,32; got {text!r}")
+    return scales
+
+
 def measured_edm(edm: EDMConfig, train_data: PairDataset, n: int = 2048, seed: int = 0,
                  mean_net=None) -> EDMConfig:
     """sigma_data = std of the residual targets (of the remainder target - mean_net(cond) for a
@@ -98,6 +111,9 @@ def main(argv=None) -> None:
     ap.add_argument("--init", default=None,
                     help="crps: start from this regression checkpoint's network (then train all of it)")
     ap.add_argument("--crps-space", choices=["rate", "log"], default=None, help="crps: score mm/h or log1p")
+    ap.add_argument("--crps-max-scales", default=None, metavar="K,K,..",
+                    help="crps: the block-maximum scales scored, in coarse px ('none': no block maxima; "
+                         f"default {','.join(map(str, CRPS['crps_max_scales']))})")
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's optimiser steps")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--resume", action="store_true")
@@ -105,8 +121,12 @@ def main(argv=None) -> None:
     if args.stage != "correction" and (args.kind or args.mean or args.init):
         ap.error("--kind, --mean and --init choose the correction stage's design; the downscaling stage is EDM")
     c = configs(args.stage, args.kind)
+    if (args.crps_space or args.crps_max_scales is not None) and c["edm"].kind != "crps":
+        ap.error("--crps-space and --crps-max-scales shape the loss of a --kind crps generator only")
     if args.crps_space:
         c["train"] = dataclasses.replace(c["train"], crps_space=args.crps_space)
+    if args.crps_max_scales is not None:
+        c["train"] = dataclasses.replace(c["train"], crps_max_scales=max_scales(ap, args.crps_max_scales))
     if args.steps:
         c["train"] = dataclasses.replace(c["train"], steps=args.steps)
     torch.set_num_threads(c["train"].threads or torch.get_num_threads())

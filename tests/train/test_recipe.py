@@ -55,3 +55,25 @@ def test_init_goes_with_crps_only(kind, capsys):
 def test_init_needs_a_regression_checkpoint(capsys):
     with pytest.raises(ValueError, match="'edm' checkpoint; --init needs a regression one"):
         recipe.main(["--stage", "correction", "--out", "unused", "--kind", "crps", "--init", "checkpoints/v2/correction_edm"])
+
+
+def test_crps_max_scales_parsed():
+    ap = __import__("argparse").ArgumentParser()
+    assert recipe.max_scales(ap, "32") == (32,)
+    assert recipe.max_scales(ap, "4,8,32") == (4, 8, 32)
+    assert recipe.max_scales(ap, "None") == ()
+
+
+@pytest.mark.parametrize("text", ["1", "4,x", "", "8,0"])
+def test_crps_max_scales_refused(text, capsys):
+    with pytest.raises(SystemExit) as e:
+        recipe.main(["--stage", "correction", "--out", "unused", "--kind", "crps", "--crps-max-scales", text])
+    assert e.value.code == 2 and f"--crps-max-scales must be 'none' or block sizes >= 2 in coarse px" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", [["--crps-max-scales", "32"], ["--crps-space", "log"]])
+def test_crps_loss_flags_go_with_crps_only(flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        recipe.main(["--stage", "correction", "--out", "unused", *flag])
+    assert e.value.code == 2 and "shape the loss of a --kind crps generator only" in capsys.readouterr().err
