@@ -43,3 +43,17 @@ def test_shipped_checkpoints_beat_interpolation_on_held_out_places():
     assert two["coarse_crps_over_input"] <= 0.9                      # stage 1 helps
     assert two["crps_over_bilinear_input"] < s["two_none"]["crps_over_bilinear_input"]
     assert two["worst_p9999_over_truth_max"] <= 2.0 and two["worst_max_over_truth_max"] <= 4.0  # never invents
+
+
+def test_case_table_lists_each_case_against_its_baselines():
+    down = {"crps": 0.3, "bilinear_mean_mae": 0.6, "bilinear_max_mae": 0.5, "spread_skill": 0.9, "psd_ratio": 0.8}
+    two = {"coarse_mae": 0.4, "coarse_crps": 0.25, "crps": 0.45, "p9999": 30.0, "max": 45.0}
+    res = {"default_steps": 8, "rows": [{"source": "qpe/20160922", "frame": 3, "row0": 100, "col0": 40,
+                                         "truth_max": 20.0, "sat_mae": 0.5, "sat_bilinear_mae": 0.9,
+                                         "down_8": down, "two_crps_max": two}]}
+    lines = heldout.case_table(res, "crps_max").splitlines()
+    assert len(lines) == 3 and "crps_max: coarse MAE / input" in lines[0]
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    #              CRPS / better bilinear 0.3/0.5, coarse MAE 0.4/0.5, CRPS 0.25/0.5, 0.45/0.9, 30/20, 45/20
+    assert cells == ["qpe/20160922", "3", "100, 40", "20.0", "0.600", "0.90", "0.80", "0.80", "0.50", "0.500",
+                     "1.50", "2.25"]
