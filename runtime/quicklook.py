@@ -15,9 +15,7 @@ def quicklook(path, lr: np.ndarray, corrected_lr: np.ndarray, members: np.ndarra
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
 
-    cmap = plt.get_cmap("turbo").copy()
-    cmap.set_under("white")
-    cmap.set_bad("lightgrey")
+    cmap = plt.get_cmap("turbo").with_extremes(under="white", bad="lightgrey")   # dry: white, no data: grey
     norm = LogNorm(vmin=0.1, vmax=100)
     n_mem = min(3, members.shape[0])
     panels = [("input (satellite, 10 km)", lr, extent_lr), ("corrected, member 0 (10 km)", corrected_lr[0], extent_lr)]
