@@ -5,7 +5,7 @@
     python -m precipfast.train.recipe --stage correction --kind mean+edm --mean checkpoints/v2/correction \
         --out checkpoints/v2/correction_mean_edm    (CorrDiff: diffusion on the regression's remainder)
     python -m precipfast.train.recipe --stage correction --kind crps --init checkpoints/v2/correction \
-        --steps 1000 --out checkpoints/v2/correction_crps_max   (the shipped correction)
+        --steps 1000 --crps-max-scales 4,8 --out checkpoints/v2/correction_crps_max48   (the shipped correction)
 
 Stage 2 (downscaling) is an EDM diffusion model of the 1 km residual over bilinear interpolation of the
 mean-pooled field. Stage 1 (correction) as shipped is a generator of the coarse residual trained on the
