@@ -208,14 +208,12 @@ def summarise(rows: list, default_steps: int) -> dict:
                     "median_crps_ratio": med([a["crps"] / b for a, b in zip(r, better)]),
                     "median_spread_skill": med([a["spread_skill"] for a in r]),
                     "median_psd_ratio": med([a["psd_ratio"] for a in r])}
+    sat_mae = np.sum([row["sat_mae"] for row in rows])
     for key in [k for k in rows[0] if k.startswith("two_")]:
         r = [row[key] for row in rows]
-        out[key] = {"coarse_mae_over_input": float(np.sum([a["coarse_mae"] for a in r]) /
-                                                   np.sum([row["sat_mae"] for row in rows])),
-                    "coarse_median_mae_over_input": float(np.sum([a.get("coarse_median_mae", math.nan) for a in r]) /
-                                                          np.sum([row["sat_mae"] for row in rows])),
-                    "coarse_crps_over_input": float(np.sum([a["coarse_crps"] for a in r]) /
-                                                    np.sum([row["sat_mae"] for row in rows])),
+        out[key] = {"coarse_mae_over_input": float(np.sum([a["coarse_mae"] for a in r]) / sat_mae),
+                    "coarse_median_mae_over_input": float(np.sum([a["coarse_median_mae"] for a in r]) / sat_mae),
+                    "coarse_crps_over_input": float(np.sum([a["coarse_crps"] for a in r]) / sat_mae),
                     "crps_over_bilinear_input": float(np.sum([a["crps"] for a in r]) /
                                                       np.sum([row["sat_bilinear_mae"] for row in rows])),
                     "worst_p9999_over_truth_max": max(a["p9999"] / max(row["truth_max"], 1e-6)

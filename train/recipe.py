@@ -52,17 +52,14 @@ def configs(stage: str, kind: str | None = None) -> dict:
                                   val_steps=1 if kind in ONE_SHOT else 8, **(CRPS if kind == "crps" else {})))
 
 
-def max_scales(ap: argparse.ArgumentParser, text: str) -> tuple[int, ...]:
-    """--crps-max-scales: 'none' or comma-separated block sizes in coarse px, each >= 2."""
-    if text.strip().lower() == "none":
-        return ()
+def with_max_scales(ap: argparse.ArgumentParser, train: TrainConfig, text: str) -> TrainConfig:
+    """train with --crps-max-scales: 'none' or comma-separated block sizes in coarse px (TrainConfig checks
+    the sizes)."""
     try:
-        scales = tuple(int(k) for k in text.split(","))
+        scales = () if text.strip().lower() == "none" else tuple(int(k) for k in text.split(","))
+        return dataclasses.replace(train, crps_max_scales=scales)
     except ValueError:
-        scales = ()
-    if not scales or any(k < 2 for k in scales):
         ap.error(f"--crps-max-scales must be 'none' or block sizes >= 2 in coarse px, like 4,8,32; got {text!r}")
-    return scales
 
 
 def measured_edm(edm: EDMConfig, train_data: PairDataset, n: int = 2048, seed: int = 0,
@@ -126,7 +123,7 @@ def main(argv=None) -> None:
     if args.crps_space:
         c["train"] = dataclasses.replace(c["train"], crps_space=args.crps_space)
     if args.crps_max_scales is not None:
-        c["train"] = dataclasses.replace(c["train"], crps_max_scales=max_scales(ap, args.crps_max_scales))
+        c["train"] = with_max_scales(ap, c["train"], args.crps_max_scales)
     if args.steps:
         c["train"] = dataclasses.replace(c["train"], steps=args.steps)
     torch.set_num_threads(c["train"].threads or torch.get_num_threads())

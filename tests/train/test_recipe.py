@@ -1,4 +1,6 @@
 """train/recipe.py: the correction designs' configs, the remainder's sigma_data, and refused flag mixes."""
+import argparse
+
 import pytest
 import torch
 
@@ -58,17 +60,17 @@ def test_init_needs_a_regression_checkpoint(capsys):
 
 
 def test_crps_max_scales_parsed():
-    ap = __import__("argparse").ArgumentParser()
-    assert recipe.max_scales(ap, "32") == (32,)
-    assert recipe.max_scales(ap, "4,8,32") == (4, 8, 32)
-    assert recipe.max_scales(ap, "None") == ()
+    ap, train = argparse.ArgumentParser(), recipe.configs("correction", "crps")["train"]
+    assert recipe.with_max_scales(ap, train, "32").crps_max_scales == (32,)
+    assert recipe.with_max_scales(ap, train, "4,8,32").crps_max_scales == (4, 8, 32)
+    assert recipe.with_max_scales(ap, train, "None").crps_max_scales == ()
 
 
 @pytest.mark.parametrize("text", ["1", "4,x", "", "8,0"])
 def test_crps_max_scales_refused(text, capsys):
     with pytest.raises(SystemExit) as e:
         recipe.main(["--stage", "correction", "--out", "unused", "--kind", "crps", "--crps-max-scales", text])
-    assert e.value.code == 2 and f"--crps-max-scales must be 'none' or block sizes >= 2 in coarse px" in \
+    assert e.value.code == 2 and "--crps-max-scales must be 'none' or block sizes >= 2 in coarse px" in \
         capsys.readouterr().err
 
 
