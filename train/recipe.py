@@ -6,6 +6,7 @@
         --out checkpoints/v2/correction_mean_edm    (CorrDiff: diffusion on the regression's remainder)
     python -m precipfast.train.recipe --stage correction --kind crps --init checkpoints/v2/correction \
         --steps 1000 --crps-max-scales 4,8 --out checkpoints/v2/correction_crps_max48   (the shipped correction)
+    python -m precipfast.train.recipe --stage correction --model-channels 32 --out OUT   (a wider U-Net)
 
 Stage 2 (downscaling) is an EDM diffusion model of the 1 km residual over bilinear interpolation of the
 mean-pooled field. Stage 1 (correction) as shipped is a generator of the coarse residual trained on the
@@ -112,6 +113,8 @@ def main(argv=None) -> None:
                     help="crps: the block-maximum scales scored, in coarse px ('none': no block maxima; "
                          f"default {','.join(map(str, CRPS['crps_max_scales']))})")
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's optimiser steps")
+    ap.add_argument("--model-channels", type=int, default=None, metavar="N",
+                    help="override the U-Net's width at the finest level (the recipe's: 16; a multiple of 4)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
@@ -126,6 +129,11 @@ def main(argv=None) -> None:
         c["train"] = with_max_scales(ap, c["train"], args.crps_max_scales)
     if args.steps:
         c["train"] = dataclasses.replace(c["train"], steps=args.steps)
+    if args.model_channels is not None:
+        try:
+            c["unet"] = dataclasses.replace(c["unet"], model_channels=args.model_channels)
+        except ValueError as e:
+            ap.error(str(e))
     torch.set_num_threads(c["train"].threads or torch.get_num_threads())
     if (c["edm"].kind == "mean+edm") != bool(args.mean):
         ap.error("--kind mean+edm needs --mean REGRESSION_CHECKPOINT, and only it takes one")
@@ -133,6 +141,10 @@ def main(argv=None) -> None:
         ap.error("--init REGRESSION_CHECKPOINT starts a --kind crps generator; other kinds start from random weights")
     mean_net, frozen = regression_mean(args.mean) if args.mean else (None, None)   # checked before the data loads
     init = regression_mean(args.init, "net")[1] if args.init else None
+    width = read_config(args.init)["unet"]["model_channels"] if args.init else c["unet"].model_channels
+    if width != c["unet"].model_channels:
+        ap.error(f"--init {args.init} is a U-Net {width} channels wide, the generator {c['unet'].model_channels}: "
+                 f"pass --model-channels {width}")
     train_data = PairDataset(c["data"], args.stage, "train", args.data)
     val_data = PairDataset(c["data"], args.stage, "val", args.data)
     if args.resume and (Path(args.out) / "config.json").is_file():

@@ -79,3 +79,28 @@ def test_crps_loss_flags_go_with_crps_only(flag, capsys):
     with pytest.raises(SystemExit) as e:
         recipe.main(["--stage", "correction", "--out", "unused", *flag])
     assert e.value.code == 2 and "shape the loss of a --kind crps generator only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("width", ["6", "0"])
+def test_model_channels_refused(width, capsys):
+    with pytest.raises(SystemExit) as e:
+        recipe.main(["--stage", "correction", "--out", "unused", "--model-channels", width])
+    assert e.value.code == 2 and f"--model-channels (unet.model_channels) must be a positive multiple of 4, got {width}" \
+        in capsys.readouterr().err
+
+
+def test_init_width_must_match(capsys):
+    with pytest.raises(SystemExit) as e:
+        recipe.main(["--stage", "correction", "--out", "unused", "--kind", "crps", "--init", "checkpoints/v2/correction",
+                     "--model-channels", "32"])
+    assert e.value.code == 2 and "is a U-Net 16 channels wide, the generator 32: pass --model-channels 16" in \
+        capsys.readouterr().err
+
+
+def test_model_channels_reach_the_trained_unet(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(recipe, "PairDataset", lambda *a, **k: _Pairs())
+    monkeypatch.setattr("precipfast.train.loop.train",
+                        lambda train_cfg, data_cfg, unet_cfg, *a, **k: seen.update(unet=unet_cfg) or {"history": []})
+    recipe.main(["--stage", "correction", "--out", str(tmp_path / "w32"), "--model-channels", "32"])
+    assert seen["unet"].model_channels == 32 and seen["unet"].channel_mult == (1, 2, 2)
