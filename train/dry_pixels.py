@@ -50,8 +50,8 @@ def pairs_share(data_dir: str, split: str, batches: int = 20, batch_size: int = 
     for _ in range(batches):
         b = data.batch(batch_size, gen)
         for sat, truth in zip(b["sat_mm_h"][:, 0].numpy(), b["truth_mm_h"][:, 0].numpy()):
-            share, k = dry_share(truth, inside_rain(sat))
-            dry, n = dry + (share * k / 100 if k else 0), n + k
+            mask = inside_rain(sat)
+            dry, n = dry + int(np.sum(truth[mask] < DRY_MM_H)), n + int(mask.sum())
     return {"split": split, "sources": data.source_names, "dry_percent": 100.0 * dry / n if n else float("nan"),
             "pixels": n}
 

@@ -140,11 +140,11 @@ def main(argv=None) -> None:
     if args.init and c["edm"].kind != "crps":
         ap.error("--init REGRESSION_CHECKPOINT starts a --kind crps generator; other kinds start from random weights")
     mean_net, frozen = regression_mean(args.mean) if args.mean else (None, None)   # checked before the data loads
-    init = regression_mean(args.init, "net")[1] if args.init else None
     width = read_config(args.init)["unet"]["model_channels"] if args.init else c["unet"].model_channels
     if width != c["unet"].model_channels:
         ap.error(f"--init {args.init} is a U-Net {width} channels wide, the generator {c['unet'].model_channels}: "
                  f"pass --model-channels {width}")
+    init = regression_mean(args.init, "net")[1] if args.init else None
     train_data = PairDataset(c["data"], args.stage, "train", args.data)
     val_data = PairDataset(c["data"], args.stage, "val", args.data)
     if args.resume and (Path(args.out) / "config.json").is_file():
