@@ -38,9 +38,17 @@ def _stage_entry(stage: str, denoiser, cfg: dict, cond_names) -> dict:
         raise ValueError(f"stage {stage!r} has unet.cond_channels={unet.cond_channels} but conditioning names "
                          f"{names}; pass cond_names (first {BASE_COND[stage]!r}, then the aux names)")
     history = cfg.get("history") or [{}]
-    return {"unet": to_dict(unet), "edm": to_dict(edm), "sampler": to_dict(sampler), "cond_channels": names,
-            "weights": f"{stage}.safetensors",
-            "train": {"steps": cfg.get("step"), "last_validation": history[-1]}}
+    entry = {"unet": to_dict(unet), "edm": to_dict(edm), "sampler": to_dict(sampler), "cond_channels": names,
+             "weights": f"{stage}.safetensors",
+             "train": {"steps": cfg.get("step"), "last_validation": history[-1]}}
+    crop = (cfg.get("data") or {}).get("patch_lr")
+    if stage == "correction" and crop:
+        # The coarse stage runs at the size of its training crops, overlapping by a quarter: one evaluation a
+        # member costs little at any tile size, and on 128 px domains a 32 px-trained generator scores 3 %
+        # worse coarse CRPS than tiled at 32 (MODEL_CARD.md, "Tiling the correction stage"). The diffusion
+        # stage keeps the user's --tile (128 px default: the measured speed/skill trade, README "Tiling").
+        entry["tile"] = {"size": int(crop), "overlap": int(crop) // 4}
+    return entry
 
 
 def write_bundle(out_dir, stages: dict, *, name: str, model_version: str, scale_factor: int, pooling: str,

@@ -79,6 +79,12 @@ class Bundle:
     def sampler(self, stage: str) -> SamplerConfig:
         return from_dict(SamplerConfig, self.stage(stage)["sampler"])
 
+    def tiling(self, stage: str) -> tuple[int, int] | None:
+        """(tile, overlap) in pixels that the stage must be sampled with, or None where the user's --tile
+        and --overlap apply (see `_check_tile`)."""
+        t = self.stage(stage).get("tile")
+        return None if t is None else (int(t["size"]), int(t["overlap"]))
+
     def cond_names(self, stage: str) -> tuple[str, ...]:
         return tuple(self.stage(stage)["cond_channels"])
 
@@ -161,6 +167,8 @@ def _check_stage(root: Path, stage: str, entry: dict, files: dict) -> None:
     unet = from_dict(UNetConfig, entry["unet"])
     from_dict(EDMConfig, entry["edm"])
     from_dict(SamplerConfig, entry["sampler"])
+    if "tile" in entry:
+        _check_tile(stage, entry["tile"])
     names = entry["cond_channels"]
     if len(names) != unet.cond_channels:
         raise ValueError(f"stage {stage!r} lists {len(names)} conditioning channels {names} but its "
@@ -178,6 +186,19 @@ def _check_stage(root: Path, stage: str, entry: dict, files: dict) -> None:
             got = shapes.get(inp, [None, None])[1]
             if got != ch:
                 raise ValueError(f"{entry['onnx']} input {inp!r} has {got} channels; the manifest says {ch}")
+
+
+def _check_tile(stage: str, tile) -> None:
+    """A stage's optional "tile": {"size": px, "overlap": px}: the domain size it was trained on, at which the
+    runtime tiles it whatever --tile says. A net with GroupNorm and attention normalises over the whole
+    image it sees, so on much larger images it sees other statistics than in training (the shipped
+    correction: MODEL_CARD.md, "Tiling the correction stage")."""
+    ok = (isinstance(tile, dict) and set(tile) == {"size", "overlap"}
+          and all(isinstance(tile[k], int) and not isinstance(tile[k], bool) for k in tile)
+          and 8 <= tile["size"] <= 4096 and 0 <= tile["overlap"] < tile["size"])
+    if not ok:
+        raise ValueError(f"stage {stage!r} tile {tile!r} is invalid; expected {{\"size\": 8-4096, \"overlap\": "
+                         f"0-(size-1)}} in pixels")
 
 
 def load_denoiser(bundle, stage: str):

@@ -29,7 +29,9 @@ def describe(path=None, show_backends: bool = False) -> dict:
                           "hr_pixel_deg": m["hr_pixel_deg"], "pooling": m["pooling"], "transform": m["transform"],
                           "stages": {s: {"cond_channels": st["cond_channels"], "unet": st["unet"],
                                          "sampler": st["sampler"], "sigma_data": st["edm"]["sigma_data"],
-                                         "train": st.get("train", {})}
+                                         "train": st.get("train", {}),
+                                         # the tile the stage is sampled at, or the user's --tile
+                                         "tile": st.get("tile", "--tile")}
                                      for s, st in m["stages"].items()},
                           "files": m["files"]}
     if show_backends or not path:

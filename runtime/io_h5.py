@@ -50,6 +50,9 @@ from precipfast.runtime.rates import rate_problem
 
 IMERG_FILL = -9999.9
 MAX_SLICE_PIXELS = 2 * 1800 * 3600   # twice a global 0.1 deg grid: no coarse input is larger
+# Coarse pixels read around a bbox crop for the correction stage: the context each window had in the
+# held-out validation (train/heldout.py CONTEXT); the shipped correction's tile overlap is the same 8.
+CONTEXT_PX = 8
 MAX_INPUT_VALUES = 1 << 30           # values read in all (4 GiB as float32): crop with a bbox beyond that
 RATE_UNITS = {"mm/h", "mm/hr", "mmh-1", "mmhr-1", "mm/hour", "mmh**-1", "mmh^-1", "mmhr**-1", "mmhr^-1",
               "millimeter/hour", "millimeters/hour", "millimetersperhour", "mmperhour"}
@@ -74,6 +77,19 @@ class InputField:
     pixel_deg: float            # grid spacing (checked regular and square)
     sha256: str                 # of the whole file
     path: str = ""
+    context: "Context | None" = None  # the file's pixels around a bbox crop (read_input(context=...))
+
+
+@dataclass(frozen=True, eq=False)
+class Context:
+    """A bbox crop with the file's neighbouring pixels around it: `precip` (T, top + H + bottom, left + W +
+    right), the crop at rows top.., cols left... The correction stage samples this larger domain and keeps
+    the crop, so the crop's edge pixels see their real neighbours as interior pixels do (MODEL_CARD.md)."""
+    precip: np.ndarray
+    top: int
+    bottom: int
+    left: int
+    right: int
 
 
 @dataclass(frozen=True)
@@ -83,10 +99,15 @@ class _Layout:
     group: str    # where lat/lon/time live
 
 
-def read_input(path, *, bbox=None, variable: str | None = None, check_size=None) -> InputField:
+def read_input(path, *, bbox=None, variable: str | None = None, check_size=None,
+               context: int = CONTEXT_PX) -> InputField:
     """Read and check one input file; `bbox=(south, north, west, east)` keeps pixels whose centres fall inside.
     `check_size(times, height, width)`, when given, sees the declared size of the selection before it is read
-    (runtime/memory.py refuses what cannot fit the budget)."""
+    (runtime/memory.py refuses what cannot fit the budget). With a bbox, also reads up to `context` of the
+    file's pixels on each side of the crop (fewer at the file's edge) into `InputField.context`, for the
+    correction stage (`Pipeline.context_of`); context=0 reads the crop alone."""
+    if context < 0:
+        raise ValueError(f"context must be >= 0 pixels, got {context}")
     path = Path(path)
     box = check_bbox(bbox)
     _check_file(path)
@@ -106,16 +127,38 @@ def read_input(path, *, bbox=None, variable: str | None = None, check_size=None)
         cols, lon = lon_order(lon_f, fail)
         _check_lat_range(lat, fail)
         pixel = pixel_deg(lat, lon, fail)
+        all_rows, all_cols = rows, cols
         if box is not None:
             rows, cols, lat, lon = crop(rows, cols, lat, lon, box, fail)
+        n = context if box is not None else 0
+        (ext_rows, top, bottom), (ext_cols, left, right) = _beside(all_rows, rows, n), _beside(all_cols, cols, n)
+        pad = (top, bottom, left, right)
         if check_size is not None:  # the memory budget first: it names the option that can fix it
             check_size(ds.shape[axes.index("time")] if "time" in axes else 1, len(rows), len(cols))
-        _check_read_size(ds, axes, rows, cols, fail)
-        precip = _read_precip(ds, axes, rows, cols, fail, to_mm_h)
+        _check_read_size(ds, axes, ext_rows, ext_cols, fail)
+        ext = _read_precip(ds, axes, ext_rows, ext_cols, fail, to_mm_h)
+        precip = np.ascontiguousarray(ext[:, pad[0]:pad[0] + rows.size, pad[2]:pad[2] + cols.size])
         _check_rates(precip, fail, box)
+        ctx = None
+        if any(pad):
+            problem = rate_problem(ext)
+            if problem:
+                fail(f"{problem} (in the {context}-pixel context read around bbox {box}; crop a bbox at least "
+                     f"{context} pixels away from such values)")
+            ctx = Context(ext, *pad)
         times = _times(f, lay.group, precip.shape[0], fail)
         aux = _aux(f, len(lat_f), len(lon_f), rows, cols, fail) if lay.fmt == "precipfast" else {}
-    return InputField(precip, lat, lon, times, aux, lay.fmt, "/" + lay.var, pixel, file_sha256(path), str(path))
+    return InputField(precip, lat, lon, times, aux, lay.fmt, "/" + lay.var, pixel, file_sha256(path), str(path),
+                      ctx)
+
+
+def _beside(all_idx: np.ndarray, idx: np.ndarray, n: int):
+    """(the crop's file indices with up to n of the file's pixels on each side, how many before, after);
+    fewer at the file's edge. all_idx is an axis's file indices in north-up order, idx the crop's
+    (contiguous in it)."""
+    i0 = int(np.flatnonzero(all_idx == idx[0])[0])
+    before, after = min(n, i0), min(n, all_idx.size - i0 - idx.size)
+    return all_idx[i0 - before: i0 + idx.size + after], before, after
 
 
 def expected_pixel_check(field: InputField, pixel_deg_expected: float, tol: float = 0.02) -> None:

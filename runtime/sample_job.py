@@ -30,6 +30,7 @@ def run_sample(input_path, output_path, opts: SampleOptions = SampleOptions()) -
                        check_size=lambda t, h, w: memory.check_domain(t, h, w, f, pipe.budget_bytes,
                                                                        pipe.step_name))
     lr, origin, aux, _ = pipe.prepare(field)
+    context = pipe.context_of(field)
     lat, lon = fine_coords(field.lat, field.lon, f) if f > 1 else (field.lat, field.lon)
     n_t = lr.shape[0]
     attrs = {"model_name": pipe.bundle.manifest["name"], "model_sha256": pipe.bundle.sha256,
@@ -39,11 +40,14 @@ def run_sample(input_path, output_path, opts: SampleOptions = SampleOptions()) -
              "input_sha256": field.sha256, "input_file": str(input_path), "input_format": field.source_format,
              "input_variable": field.variable, "precipfast_version": __version__,
              "missing_policy": "missing input pixels conditioned as 0 mm/h; output NaN over them",
-             "noise": "Philox4x32-10 keyed by (seed + t * 2^32, member, stage, step, global pixel)"}
+             "noise": "Philox4x32-10 keyed by (seed + t * 2^32, member, stage, step, global pixel)",
+             # the input's pixels beside the bbox that the correction stage saw (top, bottom, left, right)
+             "correction_context_px": None if context is None else
+             [context.top, context.bottom, context.left, context.right]}
     h, w = lr.shape[1:]
-    bar = _progress(n_t * pipe.images_per_field(h, w, opts.members, opts.steps), opts.quiet, n_t)
+    bar = _progress(n_t * pipe.images_per_field(h, w, opts.members, opts.steps, context), opts.quiet, n_t)
     try:
-        _sample_into(output_path, pipe, lr, origin, aux, lat, lon, field, attrs, opts, bar)
+        _sample_into(output_path, pipe, lr, origin, aux, lat, lon, field, attrs, opts, bar, context)
     finally:
         if bar:
             bar.close()  # also when interrupted: a bar left to the garbage collector redraws after the error
@@ -53,7 +57,7 @@ def run_sample(input_path, output_path, opts: SampleOptions = SampleOptions()) -
             "seconds": round(time.perf_counter() - t_start, 2), "peak_rss_gib": round(peak_rss_gib(), 3)}
 
 
-def _sample_into(output_path, pipe, lr, origin, aux, lat, lon, field, attrs, opts, bar) -> None:
+def _sample_into(output_path, pipe, lr, origin, aux, lat, lon, field, attrs, opts, bar, context) -> None:
     """Sample every time slice and stream each group of members into the (atomic) output file."""
     n_t = lr.shape[0]
     with OutputWriter(output_path, lat=lat, lon=lon, members=opts.members,
@@ -62,7 +66,7 @@ def _sample_into(output_path, pipe, lr, origin, aux, lat, lon, field, attrs, opt
                       overwrite=opts.overwrite) as out:
         # Each group of members goes to the file as soon as it is sampled: memory holds one group.
         for t, g in pipe.iter_groups(lr, origin, aux, opts, progress=_ticker(bar),
-                                     on_time=bar.time_slice if bar else None):
+                                     on_time=bar.time_slice if bar else None, context=context):
             ms = slice(g["members"][0], g["members"][-1] + 1)
             out.write_members(t, ms, values=g["precip"])
             out.write_corrected(t, ms, values=g["corrected_lr"])

@@ -137,6 +137,7 @@ def test_info_on_bundle_and_output(tiny_bundle, coarse_file, tmp_path):
     assert r.exit_code == 0
     info = json.loads(r.output)
     assert info["bundle"]["name"] == "tiny-test" and set(info["bundle"]["stages"]) == {"correction", "downscaling"}
+    assert info["bundle"]["stages"]["downscaling"]["tile"] == "--tile"  # no tile of its own: the user's
     assert info["backends"]["torch"]["available"] is True
     out = tmp_path / "o.h5"
     assert run("sample", coarse_file, "-o", out, "--model", tiny_bundle, *FAST).exit_code == 0

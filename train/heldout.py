@@ -41,7 +41,8 @@ CASES = {"qpe/20160922": (3, 9, 15, 21), "mrms/conus": (0, 1), "fmi/fmi_20170509
          "bom/bom_2_20180616": (2, 8)}
 WINDOWS = {"qpe/20160922": 2, "mrms/conus": 2, "fmi/fmi_20170509": 2, "bom/bom_2_20180616": 1}
 SIZE = 200          # window edge, 1 km pixels (20 coarse pixels)
-CONTEXT = 8         # coarse pixels of context around a window for the correction stage
+CONTEXT = 8         # coarse pixels of context around a window for the correction stage (as `precipfast
+                    # sample --bbox` reads, runtime/io_h5.py CONTEXT_PX)
 BAND_KM = (2.0, 20.0)
 
 
@@ -90,8 +91,9 @@ def score_downscaling(ens: torch.Tensor, truth: torch.Tensor, baselines: dict) -
 def run(ckpt: Path, data_dir, *, members: int = 8, steps_list=(4, 6, 8, 12, 18), default_steps: int = 8,
         seed: int = 0, degradation: DegradationConfig | None = None, qmap=None, cases=None,
         corrections: tuple[str, ...] | None = None, max_windows: int | None = None,
-        schedule: dict | None = None) -> dict:
-    """schedule: sampler settings of the downscaling stage that replace its checkpoint's (sigma_max, rho)."""
+        schedule: dict | None = None, context: int = CONTEXT) -> dict:
+    """schedule: sampler settings of the downscaling stage that replace its checkpoint's (sigma_max, rho);
+    context: coarse pixels of satellite-like field around a window that the correction stage sees."""
     from precipfast.train.checkpoint import load_checkpoint
     down, dcfg = load_checkpoint(ckpt / "downscaling")
     dcfg["sampler"] = {**dcfg["sampler"], **(schedule or {})}
@@ -113,9 +115,9 @@ def run(ckpt: Path, data_dir, *, members: int = 8, steps_list=(4, 6, 8, 12, 18),
             for (y, x) in wettest_windows(frame[:h, :w], SIZE, k):
                 print(f"heldout: {source} frame {t} window ({y}, {x}), case {len(rows) + 1}", file=sys.stderr, flush=True)
                 rows.append(_case(source, t, y, x, frame[:h, :w], lr_frame, sat_frame, down, dcfg, corrections,
-                                  tcfg, f, members, steps_list, default_steps, seed, qmap))
+                                  tcfg, f, members, steps_list, default_steps, seed, qmap, context))
     return {"rows": rows, "summary": summarise(rows, default_steps), "degradation": dataclasses.asdict(deg),
-            "members": members, "default_steps": default_steps}
+            "members": members, "default_steps": default_steps, "context": context}
 
 
 def correction_designs(ckpt: Path, names: tuple[str, ...] | None = None) -> dict:
@@ -155,7 +157,7 @@ def _transform(cfg):
 
 
 def _case(source, t, y, x, frame, lr_frame, sat_frame, down, dcfg, corrections, tcfg, f, members, steps_list,
-          default_steps, seed, qmap) -> dict:
+          default_steps, seed, qmap, context: int = CONTEXT) -> dict:
     truth = torch.from_numpy(np.ascontiguousarray(frame[y: y + SIZE, x: x + SIZE]))
     n = SIZE // f
     ly, lx = y // f, x // f
@@ -176,8 +178,8 @@ def _case(source, t, y, x, frame, lr_frame, sat_frame, down, dcfg, corrections, 
     designs = {"none": sat[None]}
     if qmap is not None:
         designs["qmap"] = torch.from_numpy(qmap(sat.numpy()))[None]
-    y0, x0 = max(0, ly - CONTEXT), max(0, lx - CONTEXT)
-    ctx = torch.from_numpy(sat_frame[y0: ly + n + CONTEXT, x0: lx + n + CONTEXT].copy())
+    y0, x0 = max(0, ly - context), max(0, lx - context)
+    ctx = torch.from_numpy(sat_frame[y0: ly + n + context, x0: lx + n + context].copy())
     for name, (den, cfg) in corrections.items():
         designs[name] = correct(den, cfg, ctx, tcfg, members, seed + 2)[:, ly - y0: ly - y0 + n, lx - x0: lx - x0 + n]
     for name, c_lr in designs.items():
@@ -281,7 +283,12 @@ def main(argv=None) -> None:
     ap.add_argument("--rho", type=float, default=None, help="the downscaling sampler's schedule curvature")
     ap.add_argument("--perturb", choices=sorted(PERTURBATIONS), default=None,
                     help="score the two-stage path under a perturbed satellite-error model instead")
+    ap.add_argument("--context", type=int, default=CONTEXT,
+                    help=f"coarse pixels of satellite-like field around each window given to the correction stage "
+                         f"(default {CONTEXT}; 0: the window alone, as `precipfast sample` on a cropped input)")
     args = ap.parse_args(argv)
+    if args.context < 0:
+        ap.error(f"--context must be >= 0 coarse pixels, got {args.context}")
     torch.set_num_threads(1)
     from precipfast.train.qmap import fit_quantile_map
     qmap = fit_quantile_map(args.data)
@@ -297,7 +304,7 @@ def main(argv=None) -> None:
     res = run(Path(args.ckpt), args.data, members=args.members, steps_list=steps, default_steps=args.default_steps,
               qmap=qmap, degradation=deg,
               corrections=tuple(args.corrections.split(",")) if args.corrections else None,
-              max_windows=args.windows,
+              max_windows=args.windows, context=args.context,
               schedule={k: v for k, v in (("sigma_max", args.sigma_max), ("rho", args.rho)) if v is not None})
     (out / f"{label}.json").write_text(json.dumps(res, indent=1) + "\n")
     cases = "".join(f"\n\n{case_table(res, k[4:])}" for k in res["rows"][0] if k.startswith("two_")

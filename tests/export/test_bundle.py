@@ -98,6 +98,15 @@ def test_cond_names_disagree_with_unet(copy_of):
         open_bundle(copy_of)
 
 
+@pytest.mark.parametrize("tile", [{"size": 4, "overlap": 0}, {"size": 32, "overlap": 32}, {"size": 32},
+                                  {"size": 32.5, "overlap": 8}, {"size": True, "overlap": 0}, [32, 8]])
+def test_invalid_stage_tile(copy_of, tile):
+    _edit_manifest(copy_of, lambda m: m["stages"]["correction"].update(tile=tile))
+    with pytest.raises(EngineMismatchError, match=r"stage 'correction' tile .* is invalid; expected \{\"size\": "
+                                                  r"8-4096, \"overlap\": 0-\(size-1\)\} in pixels"):
+        open_bundle(copy_of)
+
+
 def test_onnx_disagrees_with_manifest(copy_of):
     def three(m):
         m["stages"]["downscaling"]["cond_channels"] = ["precip_up", "dem", "q"]
@@ -148,6 +157,10 @@ def test_export_checkpoints(stages, tmp_path):
     out = export_checkpoints(dirs, tmp_path / "bundle", name="ck", onnx=False, parity=False)
     b = open_bundle(out)
     assert (b.name, b.manifest["pooling"], b.stage_names) == ("ck", "mean", ("correction", "downscaling"))
+    # the coarse stage is tiled at its training crop (overlap a quarter of it); the diffusion stage by --tile
+    crop = DataConfig().patch_lr
+    assert b.tiling("correction") == (crop, crop // 4)
+    assert b.tiling("downscaling") is None
     x, cond = torch.randn(1, 1, 20, 30), torch.randn(1, 2, 20, 30)
     with torch.inference_mode():
         assert torch.equal(load_denoisers(b)["downscaling"](x, torch.tensor([2.0]), cond),

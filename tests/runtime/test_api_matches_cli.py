@@ -1,5 +1,6 @@
 """The Python API and `precipfast sample` take one route (Pipeline.iter_groups): the same file, seed and bbox
-give bit-identical members, whether the field comes as the reader's InputField or as an array with lat/lon."""
+give bit-identical members from the reader's InputField (with the pixels it read around the crop for the
+correction stage); an array with lat/lon is the crop alone."""
 import h5py
 import numpy as np
 from click.testing import CliRunner
@@ -27,9 +28,19 @@ def test_python_api_and_cli_give_bit_identical_members(tiny_bundle, coarse_file,
     np.testing.assert_array_equal(api["precip"], cli_precip)
     np.testing.assert_array_equal(api["corrected_lr"], cli_corr)
 
-    # An array with its pixel centres is the same field: the same members.
+    # The reader gave the correction stage up to 8 of the file's pixels around the crop (the 12 x 14 file
+    # holds 0 above, 2 below, 2 left, 1 right): the crop read alone is another field near its edges. An
+    # array with its pixel centres is sampled as it is: the same members as the crop read alone.
+    c = field.context
+    assert (c.top, c.bottom, c.left, c.right, c.precip.shape) == (0, 2, 2, 1, (2, 12, 14))
+    with h5py.File(out, "r") as f:
+        assert f.attrs["correction_context_px"].tolist() == [0, 2, 2, 1]
+    alone = read_input(coarse_file, bbox=tuple(float(v) for v in BBOX.split(",")), context=0)
+    assert alone.context is None
+    bare = pipe.sample(alone, members=2, steps=2, seed=7)
+    assert np.abs(bare["corrected_lr"] - cli_corr).max() > 1e-3
     arr = pipe.sample(field.precip, members=2, steps=2, seed=7, lat=field.lat, lon=field.lon)
-    np.testing.assert_array_equal(arr["precip"], cli_precip)
+    np.testing.assert_array_equal(arr["precip"], bare["precip"])
     # Without geolocation the noise is keyed from the array's own corner: other members.
     local = pipe.sample(field.precip, members=2, steps=2, seed=7)
     assert not np.array_equal(np.nan_to_num(local["precip"]), np.nan_to_num(cli_precip))

@@ -158,6 +158,32 @@ def test_bbox_crop(tmp_path):
     assert g.precip.shape == (1, 1, 2) and g.precip[0, 0, 0] == 7.5  # lat 30.15, lon -100.75
 
 
+def test_bbox_crop_reads_its_neighbours_for_the_correction_stage(tmp_path):
+    lat = np.round(40.95 - 0.1 * np.arange(10), 2)
+    lon = np.round(-100.95 + 0.1 * np.arange(12), 2)
+    p = np.arange(120, dtype=np.float32).reshape(10, 12) / 10
+    path = write_precipfast_input(tmp_path / "in.h5", p, lat, lon)
+    f = read_input(path, bbox=(40.3, 40.75, -100.5, -100.2), context=3)  # rows 2-6, cols 5-7
+    c = f.context
+    assert (c.top, c.bottom, c.left, c.right) == (2, 3, 3, 3)  # only 2 rows above it in the file
+    np.testing.assert_array_equal(c.precip[0], p[0:10, 2:11])
+    np.testing.assert_array_equal(c.precip[:, c.top:c.top + 5, c.left:c.left + 3], f.precip)
+    assert read_input(path, bbox=(40.3, 40.75, -100.5, -100.2)).context.precip.shape == (1, 10, 12)  # 8 default
+    assert read_input(path, bbox=(40.3, 40.75, -100.5, -100.2), context=0).context is None
+    assert read_input(path).context is None  # no crop: the file is the domain
+    # A south-first IMERG file: the context is north-up like the crop.
+    g = read_input(_imerg(tmp_path / "v07.h5", _one_hot()), bbox=(30.1, 30.2, -100.8, -100.6), context=1)
+    assert g.context.precip.shape == (1, 3, 4) and g.context.precip[0, 1, 1] == 7.5
+    # The neighbours are checked like the crop: one line naming where the bad value is.
+    bad = p.copy()
+    bad[0, 0] = -5.0
+    path = write_precipfast_input(tmp_path / "bad.h5", bad, lat, lon)
+    with pytest.raises(InputFormatError, match=r"negative.* \(in the 8-pixel context read around bbox .*; crop a "
+                                               r"bbox at least 8 pixels away from such values\)"):
+        read_input(path, bbox=(40.3, 40.75, -100.5, -100.2))
+    assert read_input(path, bbox=(40.3, 40.75, -100.5, -100.2), context=0).precip.min() >= 0
+
+
 def test_expected_pixel_check(tmp_path):
     f = read_input(write_precipfast_input(tmp_path / "in.h5", np.zeros((3, 3)), [1.1, 1.05, 1.0], [0, 0.05, 0.1]))
     expected_pixel_check(f, 0.05)

@@ -51,6 +51,33 @@ def test_tiled_close_to_untiled(tiny_bundle):
     assert diff < 0.2 * spread, (diff, spread)
 
 
+def test_a_stage_with_a_bundle_tile_ignores_the_user_tile(tiny_bundle, tmp_path):
+    """A stage whose manifest fixes its tile (the coarse stage, tiled at its training crop) is sampled at
+    that tile whatever --tile says; the other stage follows --tile."""
+    import json
+    import shutil
+    b = tmp_path / "tiled"
+    shutil.copytree(tiny_bundle, b)
+    m = json.loads((b / "manifest.json").read_text())
+    m["stages"]["correction"]["tile"] = {"size": 8, "overlap": 2}
+    (b / "manifest.json").write_text(json.dumps(m))
+    big = np.tile(LR, (3, 3))  # 18 x 21 coarse pixels: three 8 px tiles a side
+    runs = [_pipe(b, stages=["correction"], tile=t, overlap=o) for t, o in ((16, 4), (256, 32))]
+    assert [(r.stages["correction"].tiling.tile, r.stages["correction"].tiling.overlap) for r in runs] == [(8, 2)] * 2
+    a, c = (r.sample_field(big, 2, 3, seed=5)["corrected_lr"] for r in runs)
+    np.testing.assert_array_equal(a, c)
+    untiled = _pipe(tiny_bundle, stages=["correction"], tile=256).sample_field(big, 2, 3, seed=5)["corrected_lr"]
+    assert np.abs(untiled - a).mean() > 1e-4  # tiling at 8 px gave the net other context than one tile
+    both = _pipe(b, tile=64, overlap=16)
+    assert (both.stages["downscaling"].tiling.tile, both.stages["downscaling"].tiling.overlap) == (64, 16)
+
+
+def test_shipped_correction_is_tiled_at_its_training_crop(shipped_bundle):
+    from precipfast.runtime.bundle import open_bundle
+    assert open_bundle(shipped_bundle).tiling("correction") == (32, 8)
+    assert open_bundle(shipped_bundle).tiling("downscaling") is None
+
+
 def test_missing_pixels_masked_and_stage_subsets(tiny_bundle):
     lr = LR.copy()
     lr[0, 0] = np.nan
