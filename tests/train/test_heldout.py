@@ -57,3 +57,35 @@ def test_case_table_lists_each_case_against_its_baselines():
     #              CRPS / better bilinear 0.3/0.5, coarse MAE 0.4/0.5, CRPS 0.25/0.5, 0.45/0.9, 30/20, 45/20
     assert cells == ["qpe/20160922", "3", "100, 40", "20.0", "0.600", "0.90", "0.80", "0.80", "0.50", "0.500",
                      "1.50", "2.25"]
+
+
+def test_runtime_route_crop_carries_its_neighbours_and_scores_both_routes():
+    """train/heldout_runtime.py: a case is the reader's --bbox crop (with the frame's pixels around it),
+    sampled by the shipped bundle's Pipeline and by the same bundle in one tile without neighbours."""
+    from precipfast.train import heldout_runtime
+    sat = np.arange(30 * 40, dtype=np.float32).reshape(30, 40)
+    fld = heldout_runtime.case_field(sat, 3, 30, 5, 8)
+    c = fld.context
+    assert (c.top, c.bottom, c.left, c.right) == (3, 8, 8, 5) and c.precip.shape == (1, 16, 18)
+    np.testing.assert_array_equal(c.precip[0, c.top:c.top + 5, c.left:c.left + 5], fld.precip[0])
+    np.testing.assert_array_equal(fld.precip[0], sat[3:8, 30:35])
+    assert heldout_runtime.case_field(sat, 3, 30, 5, 0).context is None
+    res = heldout_runtime.run(DATA, members=2, seeds=(0,), ckpt=CKPT, cases={"fmi/fmi_20170509": (1,)},
+                              max_windows=1)
+    (row,) = res["rows"]
+    for route in heldout_runtime.ROUTES:
+        s = res["summary"][f"{route}_0"]
+        # two members on a light shower: the shipped route helps; both stay physical
+        assert 0.3 < s["crps_over_bilinear_input"] < 1.0 and s["coarse_crps_over_input"] < 1.0
+        assert s["worst_p9999_over_truth_max"] <= 2.0 and row[f"{route}_0"]["crps"] > 0
+    assert row["shipped_0"]["coarse_crps"] != row["one_tile_no_context_0"]["coarse_crps"]
+
+
+def test_correction_domains_score_each_domain_by_ring():
+    from precipfast.train import heldout_runtime
+    res = heldout_runtime.correction_domains(DATA, members=4, seed=5, ckpt=CKPT, cases={"fmi/fmi_20170509": (1,)})
+    assert set(res) == set(heldout_runtime.DOMAINS)
+    for v in res.values():
+        assert 0.2 < v["coarse_crps_over_input"] < 1.2 and len(v["by_ring"]) == 10   # 20 px crops: rings 0-9
+    # the crop alone and the crop among its neighbours are different problems at the crop's edge
+    assert res["crop_one_tile"]["by_ring"][0] != res["crop_context8_tiled32"]["by_ring"][0]

@@ -1,0 +1,214 @@
+"""The held-out two-stage cases through the runtime's own route (`Pipeline.sample` on an InputField, as
+`precipfast sample --bbox` runs them), for the shipped bundle and for it run the way 0.3.1 was: the
+correction stage in one tile and without the file's pixels around the crop (MODEL_CARD.md, "The
+runtime's route").
+
+    python -m precipfast.train.heldout_runtime --out out/heldout_runtime [--members 8] [--seeds 0,1]
+
+The cases, their satellite-like input (train/degrade.py on the whole coarse frame, the fitted model,
+fixed seed) and the scores are train/heldout.py's: the 1 km ensemble's fair CRPS over the MAE of bilinear
+of the input, the corrected coarse field's fair CRPS over the input's MAE, and the members' 99.99th
+percentile and maximum over the truth's maximum. train/heldout.py samples the checkpoints with its own
+loop; this samples the bundle with the runtime's noise, tiling and guard.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from precipfast.config import DegradationConfig
+from precipfast.grid import coarsen, upsample
+from precipfast.metrics import crps_ensemble
+from precipfast.runtime.io_h5 import CONTEXT_PX, Context, InputField
+from precipfast.train.degrade import degrade
+from precipfast.train.heldout import CASES, SIZE, WINDOWS, wettest_windows
+from precipfast.train.sources import load_source
+
+ROUTES = ("shipped", "one_tile_no_context")
+
+
+def case_field(sat_frame: np.ndarray, ly: int, lx: int, n: int, context: int) -> InputField:
+    """The n x n coarse window at (ly, lx) of a satellite-like frame as the reader gives a --bbox crop:
+    with up to `context` pixels of the frame around it. Pixel centres on the 0.1 deg grid from (60N, 130W)
+    key the noise (any fixed placement would do)."""
+    top, left = min(context, ly), min(context, lx)
+    bottom, right = min(context, sat_frame.shape[0] - ly - n), min(context, sat_frame.shape[1] - lx - n)
+    wide = np.ascontiguousarray(sat_frame[ly - top:ly + n + bottom, lx - left:lx + n + right])[None]
+    ctx = Context(wide, top, bottom, left, right) if context else None
+    return InputField(precip=np.ascontiguousarray(sat_frame[ly:ly + n, lx:lx + n])[None],
+                      lat=60.0 - 0.1 * (ly + np.arange(n)) - 0.05, lon=-130.0 + 0.1 * (lx + np.arange(n)) + 0.05,
+                      times=None, aux={}, source_format="heldout", variable="sat", pixel_deg=0.1, sha256="",
+                      context=ctx)
+
+
+def one_tile_bundle(bundle: Path, into: Path) -> Path:
+    """A copy of `bundle` whose correction stage has no tile of its own (so one tile up to --tile)."""
+    out = into / "one_tile"
+    shutil.copytree(bundle, out)
+    m = json.loads((out / "manifest.json").read_text())
+    m["stages"]["correction"].pop("tile", None)
+    (out / "manifest.json").write_text(json.dumps(m, indent=2))
+    return out
+
+
+def score(res: dict, truth: torch.Tensor, lr: np.ndarray) -> dict:
+    ens, corr = torch.from_numpy(res["precip"][0]), torch.from_numpy(res["corrected_lr"][0])
+    return {"crps": float(crps_ensemble(ens, truth, fair=True).mean()),
+            "coarse_crps": float(crps_ensemble(corr, torch.from_numpy(lr), fair=True).mean()),
+            "p9999": float(torch.quantile(ens.flatten().double(), 0.9999)), "max": float(ens.max())}
+
+
+def run(data_dir, *, members: int = 8, seeds=(0,), bundle=None, ckpt="checkpoints/v2", cases=None,
+        max_windows: int | None = None, routes=ROUTES) -> dict:
+    """ckpt: the training checkpoints whose config holds the fitted satellite-error model."""
+    from precipfast.runtime.bundle import default_bundle_path, open_bundle
+    from precipfast.runtime.pipeline import Pipeline
+    from precipfast.train.checkpoint import read_config
+    b = open_bundle(bundle or default_bundle_path())
+    f = int(b.manifest["scale_factor"])
+    deg = DegradationConfig(**read_config(Path(ckpt) / "downscaling")["data"]["degradation"])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        pipes = {"shipped": lambda: Pipeline.from_bundle(b.path, device="cpu"),
+                 "one_tile_no_context": lambda: Pipeline.from_bundle(one_tile_bundle(b.path, Path(tmp)), device="cpu")}
+        pipes = {r: pipes[r]() for r in routes}
+        for source, frames in (cases or CASES).items():
+            field = load_source(data_dir, source)
+            for t in frames:
+                if t >= field.shape[0]:
+                    continue
+                frame = field[t]
+                h, w = frame.shape[0] // f * f, frame.shape[1] // f * f
+                lr_frame = coarsen(np.nan_to_num(frame[:h, :w]), f, "mean")
+                sat_frame = degrade(torch.from_numpy(lr_frame), deg, torch.Generator().manual_seed(t)).numpy()
+                k = WINDOWS[source] if max_windows is None else min(max_windows, WINDOWS[source])
+                for (y, x) in wettest_windows(frame[:h, :w], SIZE, k):
+                    n, ly, lx = SIZE // f, y // f, x // f
+                    truth = torch.from_numpy(np.ascontiguousarray(frame[y:y + SIZE, x:x + SIZE]))
+                    lr, sat = lr_frame[ly:ly + n, lx:lx + n], sat_frame[ly:ly + n, lx:lx + n]
+                    bil = upsample(torch.from_numpy(np.ascontiguousarray(sat))[None, None], f, "bilinear")[0, 0]
+                    row = {"source": source, "frame": t, "row0": y, "col0": x, "truth_max": float(truth.max()),
+                           "sat_mae": float(np.abs(sat - lr).mean()),
+                           "sat_bilinear_mae": float((bil.clamp_min(0) - truth).abs().mean())}
+                    for route, pipe in pipes.items():
+                        fld = case_field(sat_frame, ly, lx, n, CONTEXT_PX if route == "shipped" else 0)
+                        for s in seeds:
+                            row[f"{route}_{s}"] = score(pipe.sample(fld, members=members, seed=s), truth, lr)
+                    print(f"heldout_runtime: {source} frame {t} window ({y}, {x}), case {len(rows) + 1}",
+                          file=sys.stderr, flush=True)
+                    rows.append(row)
+    return {"rows": rows, "summary": summarise(rows, seeds, routes), "members": members, "seeds": list(seeds),
+            "model_version": b.manifest.get("model_version")}
+
+
+# The correction stage's domain: coarse pixels of the frame around the crop, and the tile it runs in
+# (None: one tile up to 128 px, 0.3.1's route).
+DOMAINS = {"crop_one_tile": (0, None), "crop_context8_tiled32": (8, (32, 8)),
+           "context54_one_tile": (54, None), "context54_tiled32": (54, (32, 8))}
+
+
+def correction_domains(data_dir, *, members: int = 32, seed: int = 5, bundle=None, ckpt="checkpoints/v2",
+                       cases=None) -> dict:
+    """The correction stage alone on each case's crop run in each of DOMAINS: its coarse fair CRPS over
+    the input's MAE, overall and by ring (0 = the crop's outermost coarse pixels). Noise is keyed by
+    global pixel, so every domain draws the same latents at the same pixel."""
+    from precipfast.runtime.bundle import default_bundle_path, open_bundle
+    from precipfast.runtime.pipeline import Origin, Pipeline
+    from precipfast.train.checkpoint import read_config
+    b = open_bundle(bundle or default_bundle_path())
+    f = int(b.manifest["scale_factor"])
+    deg = DegradationConfig(**read_config(Path(ckpt) / "downscaling")["data"]["degradation"])
+    sums = {k: np.zeros((2, SIZE // f // 2)) for k in DOMAINS}
+    sat_sums = np.zeros((2, SIZE // f // 2))
+    tmp = tempfile.TemporaryDirectory()
+    # the shipped bundle tiles its correction at (32, 8) itself; None: its copy without, in one 128 px tile
+    pipes = {(32, 8): Pipeline.from_bundle(b.path, stages=("correction",), device="cpu"),
+             None: Pipeline.from_bundle(one_tile_bundle(b.path, Path(tmp.name)), stages=("correction",), device="cpu")}
+    assert pipes[(32, 8)].stages["correction"].tiling.tile == 32, "the bundle's correction is not tiled at 32 px"
+    for source, frames in (cases or CASES).items():
+        field = load_source(data_dir, source)
+        for t in frames:
+            if t >= field.shape[0]:
+                continue
+            frame = field[t]
+            h, w = frame.shape[0] // f * f, frame.shape[1] // f * f
+            lr_frame = coarsen(np.nan_to_num(frame[:h, :w]), f, "mean")
+            sat_frame = degrade(torch.from_numpy(lr_frame), deg, torch.Generator().manual_seed(t)).numpy()
+            for (y, x) in wettest_windows(frame[:h, :w], SIZE, WINDOWS[source]):
+                n, ly, lx = SIZE // f, y // f, x // f
+                lr = torch.from_numpy(lr_frame[ly:ly + n, lx:lx + n].copy())
+                ii, jj = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+                ring = np.minimum(np.minimum(ii, jj), np.minimum(n - 1 - ii, n - 1 - jj))
+                err = np.abs(sat_frame[ly:ly + n, lx:lx + n] - lr.numpy())
+                np.add.at(sat_sums, (0, ring), err)
+                np.add.at(sat_sums, (1, ring), 1)
+                for name, (c, tile) in DOMAINS.items():
+                    y0, x0 = max(0, ly - c), max(0, lx - c)
+                    wide = np.ascontiguousarray(sat_frame[y0:ly + n + c, x0:lx + n + c])
+                    out = pipes[tile].sample_field(wide, members, None, seed, origin=Origin(y0, x0, sat_frame.shape[1]))
+                    ens = torch.from_numpy(out["corrected_lr"][:, ly - y0:ly - y0 + n, lx - x0:lx - x0 + n])
+                    crps = crps_ensemble(ens, lr, fair=True).numpy()
+                    np.add.at(sums[name], (0, ring), crps)
+                    np.add.at(sums[name], (1, ring), 1)
+                print(f"heldout_runtime: correction domains, {source} frame {t} window ({y}, {x})", file=sys.stderr,
+                      flush=True)
+    tmp.cleanup()
+    sat_ring = sat_sums[0] / sat_sums[1]
+    return {name: {"coarse_crps_over_input": float(v[0].sum() / sat_sums[0].sum()),
+                   "by_ring": (v[0] / v[1] / sat_ring).round(4).tolist()} for name, v in sums.items()}
+
+
+def summarise(rows: list, seeds, routes=ROUTES) -> dict:
+    out = {}
+    for route in routes:
+        for s in seeds:
+            k = f"{route}_{s}"
+            out[k] = {"crps_over_bilinear_input": sum(r[k]["crps"] for r in rows) / sum(r["sat_bilinear_mae"] for r in rows),
+                      "coarse_crps_over_input": sum(r[k]["coarse_crps"] for r in rows) / sum(r["sat_mae"] for r in rows),
+                      "worst_p9999_over_truth_max": max(r[k]["p9999"] / max(r["truth_max"], 1e-6) for r in rows),
+                      "worst_max_over_truth_max": max(r[k]["max"] / max(r["truth_max"], 1e-6) for r in rows)}
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--ckpt", default="checkpoints/v2", help="the checkpoints holding the fitted satellite-error model")
+    ap.add_argument("--out", default="out/heldout_runtime")
+    ap.add_argument("--members", type=int, default=8)
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--windows", type=int, default=None, help="at most this many windows per frame")
+    ap.add_argument("--routes", default=",".join(ROUTES), help=f"comma list of {', '.join(ROUTES)}")
+    ap.add_argument("--correction-domains", action="store_true",
+                    help="score the correction stage alone in each of DOMAINS instead (32 members, each seed)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    if args.correction_domains:
+        res = {s: correction_domains(args.data, seed=s, ckpt=args.ckpt) for s in seeds}
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "correction_domains.json").write_text(json.dumps(res, indent=1) + "\n")
+        for s, r in res.items():
+            for k, v in r.items():
+                print(f"seed {s} {k}: coarse CRPS / input {v['coarse_crps_over_input']:.3f}, ring 0 {v['by_ring'][0]:.3f}")
+        return
+    routes = tuple(args.routes.split(","))
+    if not routes or set(routes) - set(ROUTES):
+        ap.error(f"--routes must be a comma list of {', '.join(ROUTES)}, got {args.routes!r}")
+    res = run(args.data, members=args.members, seeds=seeds, ckpt=args.ckpt, max_windows=args.windows, routes=routes)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "heldout_runtime.json").write_text(json.dumps(res, indent=1) + "\n")
+    for k, v in res["summary"].items():
+        print(k, " ".join(f"{m} {x:.3f}" for m, x in v.items()))
+
+
+if __name__ == "__main__":
+    main()
