@@ -41,7 +41,7 @@ def plain_loop(bundle, lr: np.ndarray, members: int, steps: int | None, seed: in
                 sc = bundle.sampler(stage)
                 eps = lambda i, s=stage: noise.normal_members(seed, [m], s, i, 0, h, 0, w, w)  # noqa: E731
                 sig = edm.karras_sigmas(steps or sc.num_steps, sc.sigma_min, sc.sigma_max, sc.rho, torch.float32)
-                x = base + edm.sample(dens[stage], base, eps, sig)
+                x = base + edm.sample(dens[stage], base, eps, sig, noise_clip=sc.noise_clip)
             out.append(inverse(x, tr)[0, 0].numpy())
     return np.stack(out)
 

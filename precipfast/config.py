@@ -113,9 +113,13 @@ class SamplerConfig:
     s_max: float = math.inf
     s_noise: float = 1.0                    # churn noise scale
     solver: str = "heun"                    # "heun" (2nd order) or "euler"
+    noise_clip: float = math.inf            # the starting noise clipped to +-noise_clip standard deviations
+                                            # (truncation, Brock et al. 2019; MODEL_CARD.md: isolated spikes)
 
     def __post_init__(self):
         _check(self.num_steps >= 1, f"sampler.num_steps must be >= 1, got {self.num_steps}")
+        _check(self.noise_clip >= 1.0, f"sampler.noise_clip must be >= 1 standard deviation (inf: none), got "
+                                       f"{self.noise_clip!r}")
         _check(0 < self.sigma_min < self.sigma_max,
                f"sampler needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
         _check(self.rho > 0, f"sampler.rho must be > 0, got {self.rho}")

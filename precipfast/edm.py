@@ -105,17 +105,28 @@ def heun_step(denoiser: Denoiser, x_hat: torch.Tensor, t_hat: float, t_next: flo
     return x_next
 
 
+def clip_start(x: torch.Tensor, t0: float, noise_clip: float) -> torch.Tensor:
+    """The starting state t0 * z with z truncated to [-noise_clip, noise_clip] (in place; x as given when
+    noise_clip is inf). The probability-flow ODE carries a pixel's starting draw almost one to one into
+    its log rate, so a 3.7-sigma draw can end as an isolated spike (MODEL_CARD.md); truncating the
+    starting noise (the truncation trick, Brock et al. 2019) bounds that tail."""
+    if math.isfinite(noise_clip):
+        x.clamp_(-noise_clip * t0, noise_clip * t0)
+    return x
+
+
 def sample(denoiser: Denoiser, cond: torch.Tensor, noise: NoiseFn, sigmas: torch.Tensor, *,
            s_churn: float = 0.0, s_min: float = 0.0, s_max: float = math.inf, s_noise: float = 1.0,
-           solver: str = "heun") -> torch.Tensor:
+           solver: str = "heun", noise_clip: float = math.inf) -> torch.Tensor:
     """EDM sampler (Algorithm 2): x_0 = t_0 * noise(0); step i adds churn noise(i + 1) when gamma > 0.
+    noise_clip truncates the starting noise to +-noise_clip (SamplerConfig.noise_clip).
 
     The plain reference loop: one denoiser call per evaluation, float64-capable. Returns x at t_N = 0."""
     if solver not in ("heun", "euler"):
         raise ValueError(f"solver must be 'heun' or 'euler', got {solver!r}")
     ts = [float(t) for t in sigmas]
     num_steps = len(ts) - 1
-    x = noise(0) * ts[0]
+    x = clip_start(noise(0) * ts[0], ts[0], noise_clip)
     for i, (t_cur, t_next) in enumerate(zip(ts[:-1], ts[1:])):
         gamma = churn_gamma(t_cur, num_steps, s_churn, s_min, s_max)
         x_hat, t_hat = churn(x, t_cur, gamma, s_noise, noise(i + 1) if gamma > 0 else None)

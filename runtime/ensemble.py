@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch
 
 from precipfast.config import DEFAULT_OVERLAP, DEFAULT_TILE, SamplerConfig
-from precipfast.edm import churn_gamma, karras_sigmas
+from precipfast.edm import churn_gamma, clip_start, karras_sigmas
 from precipfast.kernels.heun_residual import NoiseWindow, get_step_impl
 from precipfast.runtime.tiling import TileBlender, balanced_tile, crop, plan_tiles
 
@@ -110,6 +110,7 @@ def sample_ensemble(backend: Backend, cond: torch.Tensor, members: Sequence[int]
     # State per member: x (x_hat after churn), D(x_hat), the Euler point and D(Euler point); the step
     # object updates them in place where it can (InplaceStep, TritonStep).
     x = step.init((len(members), 1, h, w), ts[0], win, dtype=cond.dtype, device=cond.device)  # line 1
+    x = clip_start(x, ts[0], cfg.noise_clip)
     x_next = None
     for i, (t_cur, t_next) in enumerate(zip(ts[:-1], ts[1:])):
         gamma = churn_gamma(t_cur, cfg.num_steps, cfg.s_churn, cfg.s_min, cfg.s_max)  # line 4

@@ -74,7 +74,7 @@ def ensemble(den, cond_t: torch.Tensor, members: int, steps: int, sampler: dict,
     cond = cond_t.expand(members, -1, -1, -1)
     noise = {}
     fn = lambda i: noise.setdefault(i, torch.randn(cond.shape, generator=gen))  # noqa: E731
-    return sample(den, cond, fn, sig)[:, 0]
+    return sample(den, cond, fn, sig, noise_clip=float(sampler.get("noise_clip", math.inf)))[:, 0]
 
 
 def score_downscaling(ens: torch.Tensor, truth: torch.Tensor, baselines: dict) -> dict:

@@ -54,7 +54,7 @@ def validate(denoiser, batch: dict, stage: str, data_cfg: DataConfig, sampler_cf
     for _ in range(members):
         noise = {}
         noise_fn = lambda i: noise.setdefault(i, torch.randn(base.shape, generator=gen).to(cond.device))  # noqa
-        resid = sample(denoiser, cond, noise_fn, sigmas.to(cond.device))
+        resid = sample(denoiser, cond, noise_fn, sigmas.to(cond.device), noise_clip=sampler_cfg.noise_clip)
         outs.append(inverse(base + resid, data_cfg.transform))
     ens = torch.stack(outs)
     crps = nanmean(crps_ensemble(ens, truth, fair=True))  # 4 members: the plain estimate is biased high

@@ -107,6 +107,13 @@ def test_invalid_stage_tile(copy_of, tile):
         open_bundle(copy_of)
 
 
+def test_invalid_noise_clip(copy_of):
+    _edit_manifest(copy_of, lambda m: m["stages"]["downscaling"]["sampler"].update(noise_clip=0.2))
+    with pytest.raises(EngineMismatchError, match=r"sampler.noise_clip must be >= 1 standard deviation \(inf: "
+                                                  r"none\), got 0.2"):
+        open_bundle(copy_of)
+
+
 def test_onnx_disagrees_with_manifest(copy_of):
     def three(m):
         m["stages"]["downscaling"]["cond_channels"] = ["precip_up", "dem", "q"]

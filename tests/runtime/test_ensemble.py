@@ -39,6 +39,28 @@ def test_matches_edm_reference_sampler():
         torch.testing.assert_close(got[k:k + 1], ref, rtol=1e-5, atol=1e-5)
 
 
+def test_noise_clip_truncates_the_starting_noise_as_the_reference_does():
+    """SamplerConfig.noise_clip: the runtime and the EDM reference clip the same starting draws; with a
+    denoiser linear in x (D = x / 2) the sample is a fixed multiple of the starting noise, so the clipped
+    run is the unclipped one with its draws beyond +-1.5 sigma held at +-1.5."""
+    from dataclasses import replace
+    den, cond = _net(), _cond()
+    clipped = replace(CFG, noise_clip=1.5)
+    got = sample_ensemble(den, cond, [1], "downscaling", 9, clipped, Tiling(tile=64, overlap=8))
+    eps = lambda i: noise.normal_members(9, [1], "downscaling", i, 0, 24, 0, 28, 28)  # noqa: E731
+    sig = edm.karras_sigmas(4, CFG.sigma_min, CFG.sigma_max, CFG.rho, torch.float32)
+    torch.testing.assert_close(got, edm.sample(den, cond, eps, sig, noise_clip=1.5), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, edm.sample(den, cond, eps, sig), rtol=1e-3, atol=1e-3)  # 13 % of draws clipped
+    half = lambda x, s, c: x / 2  # noqa: E731
+    z = eps(0)
+    free, cut = (sample_ensemble(half, cond, [1], "downscaling", 9, c, Tiling(tile=64, overlap=8)) for c in (CFG, clipped))
+    k = free / z  # D = x/2 makes every step linear: the sample is k * z with one k for all pixels
+    assert float(k.std() / k.abs().mean()) < 1e-4
+    torch.testing.assert_close(cut, k.mean() * z.clamp(-1.5, 1.5), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="noise_clip must be >= 1 standard deviation"):
+        SamplerConfig(noise_clip=0.5)
+
+
 def test_batch_size_does_not_change_members():
     den, cond = _net(), _cond()
     a = sample_ensemble(den, cond, [0, 1, 2, 3], "correction", 3, CFG, Tiling(tile=64, overlap=8, max_batch=1))

@@ -76,6 +76,9 @@ def test_shipped_correction_is_tiled_at_its_training_crop(shipped_bundle):
     from precipfast.runtime.bundle import open_bundle
     assert open_bundle(shipped_bundle).tiling("correction") == (32, 8)
     assert open_bundle(shipped_bundle).tiling("downscaling") is None
+    # the downscaling's starting noise is truncated (MODEL_CARD.md: isolated spikes); the correction's is not
+    assert open_bundle(shipped_bundle).sampler("downscaling").noise_clip == 2.5
+    assert open_bundle(shipped_bundle).sampler("correction").noise_clip == float("inf")
 
 
 def test_missing_pixels_masked_and_stage_subsets(tiny_bundle):
