@@ -45,7 +45,7 @@ def _stage_entry(stage: str, denoiser, cfg: dict, cond_names) -> dict:
     if stage == "correction" and crop:
         # The coarse stage runs at the size of its training crops, overlapping by a quarter: one evaluation a
         # member costs little at any tile size, and on 128 px domains a 32 px-trained generator scores 3 %
-        # worse coarse CRPS than tiled at 32 (MODEL_CARD.md, "Tiling the correction stage"). The diffusion
+        # worse coarse CRPS than tiled at 32 (MODEL_CARD.md, "The runtime's route"). The diffusion
         # stage keeps the user's --tile (128 px default: the measured speed/skill trade, README "Tiling").
         entry["tile"] = {"size": int(crop), "overlap": int(crop) // 4}
     return entry

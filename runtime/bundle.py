@@ -192,7 +192,7 @@ def _check_tile(stage: str, tile) -> None:
     """A stage's optional "tile": {"size": px, "overlap": px}: the domain size it was trained on, at which the
     runtime tiles it whatever --tile says. A net with GroupNorm and attention normalises over the whole
     image it sees, so on much larger images it sees other statistics than in training (the shipped
-    correction: MODEL_CARD.md, "Tiling the correction stage")."""
+    correction: MODEL_CARD.md, "The runtime's route")."""
     ok = (isinstance(tile, dict) and set(tile) == {"size", "overlap"}
           and all(isinstance(tile[k], int) and not isinstance(tile[k], bool) for k in tile)
           and 8 <= tile["size"] <= 4096 and 0 <= tile["overlap"] < tile["size"])

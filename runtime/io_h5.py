@@ -132,20 +132,19 @@ def read_input(path, *, bbox=None, variable: str | None = None, check_size=None,
             rows, cols, lat, lon = crop(rows, cols, lat, lon, box, fail)
         n = context if box is not None else 0
         (ext_rows, top, bottom), (ext_cols, left, right) = _beside(all_rows, rows, n), _beside(all_cols, cols, n)
-        pad = (top, bottom, left, right)
         if check_size is not None:  # the memory budget first: it names the option that can fix it
             check_size(ds.shape[axes.index("time")] if "time" in axes else 1, len(rows), len(cols))
         _check_read_size(ds, axes, ext_rows, ext_cols, fail)
         ext = _read_precip(ds, axes, ext_rows, ext_cols, fail, to_mm_h)
-        precip = np.ascontiguousarray(ext[:, pad[0]:pad[0] + rows.size, pad[2]:pad[2] + cols.size])
+        precip = np.ascontiguousarray(ext[:, top:top + rows.size, left:left + cols.size])
         _check_rates(precip, fail, box)
         ctx = None
-        if any(pad):
+        if ext.shape != precip.shape:
             problem = rate_problem(ext)
             if problem:
                 fail(f"{problem} (in the {context}-pixel context read around bbox {box}; crop a bbox at least "
                      f"{context} pixels away from such values)")
-            ctx = Context(ext, *pad)
+            ctx = Context(ext, top, bottom, left, right)
         times = _times(f, lay.group, precip.shape[0], fail)
         aux = _aux(f, len(lat_f), len(lon_f), rows, cols, fail) if lay.fmt == "precipfast" else {}
     return InputField(precip, lat, lon, times, aux, lay.fmt, "/" + lay.var, pixel, file_sha256(path), str(path),

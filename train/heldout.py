@@ -101,23 +101,31 @@ def run(ckpt: Path, data_dir, *, members: int = 8, steps_list=(4, 6, 8, 12, 18),
     tcfg, f = _transform(dcfg), int(dcfg["data"]["scale_factor"])
     deg = degradation or DegradationConfig(**{k: v for k, v in dcfg["data"]["degradation"].items()})
     rows = []
+    for source, t, y, x, frame, lr_frame, sat_frame in iter_cases(data_dir, f, deg, cases, max_windows, seed):
+        print(f"heldout: {source} frame {t} window ({y}, {x}), case {len(rows) + 1}", file=sys.stderr, flush=True)
+        rows.append(_case(source, t, y, x, frame, lr_frame, sat_frame, down, dcfg, corrections,
+                          tcfg, f, members, steps_list, default_steps, seed, qmap, context))
+    return {"rows": rows, "summary": summarise(rows, default_steps), "degradation": dataclasses.asdict(deg),
+            "members": members, "default_steps": default_steps, "context": context}
+
+
+def iter_cases(data_dir, f: int, deg: DegradationConfig, cases=None, max_windows: int | None = None, seed: int = 0):
+    """(source, frame index, window row, window col, frame, mean-pooled frame, satellite-like frame) of every
+    held-out case: the frame cropped to whole coarse pixels, degraded whole with a seed fixed per frame,
+    and its wettest SIZE x SIZE windows (at most max_windows a frame). train/heldout_runtime.py too."""
     for source, frames in (cases or CASES).items():
         field = load_source(data_dir, source)
         for t in frames:
             if t >= field.shape[0]:
                 continue
-            frame = field[t]
-            h, w = frame.shape[0] // f * f, frame.shape[1] // f * f
-            lr_frame = coarsen(np.nan_to_num(frame[:h, :w]), f, "mean")
+            h, w = field.shape[1] // f * f, field.shape[2] // f * f
+            frame = field[t][:h, :w]
+            lr_frame = coarsen(np.nan_to_num(frame), f, "mean")
             gen = torch.Generator().manual_seed(seed * 1_000_003 + t)
             sat_frame = degrade(torch.from_numpy(lr_frame), deg, gen).numpy()
             k = WINDOWS[source] if max_windows is None else min(max_windows, WINDOWS[source])
-            for (y, x) in wettest_windows(frame[:h, :w], SIZE, k):
-                print(f"heldout: {source} frame {t} window ({y}, {x}), case {len(rows) + 1}", file=sys.stderr, flush=True)
-                rows.append(_case(source, t, y, x, frame[:h, :w], lr_frame, sat_frame, down, dcfg, corrections,
-                                  tcfg, f, members, steps_list, default_steps, seed, qmap, context))
-    return {"rows": rows, "summary": summarise(rows, default_steps), "degradation": dataclasses.asdict(deg),
-            "members": members, "default_steps": default_steps, "context": context}
+            for (y, x) in wettest_windows(frame, SIZE, k):
+                yield source, t, y, x, frame, lr_frame, sat_frame
 
 
 def correction_designs(ckpt: Path, names: tuple[str, ...] | None = None) -> dict:
@@ -281,6 +289,8 @@ def main(argv=None) -> None:
                     help="comma-separated correction checkpoint dirs under --ckpt (default: every correction*)")
     ap.add_argument("--sigma-max", type=float, default=None, help="the downscaling sampler's (default: its checkpoint's)")
     ap.add_argument("--rho", type=float, default=None, help="the downscaling sampler's schedule curvature")
+    ap.add_argument("--noise-clip", type=float, default=None,
+                    help="the downscaling sampler's starting-noise clip in standard deviations (SamplerConfig.noise_clip)")
     ap.add_argument("--perturb", choices=sorted(PERTURBATIONS), default=None,
                     help="score the two-stage path under a perturbed satellite-error model instead")
     ap.add_argument("--context", type=int, default=CONTEXT,
@@ -305,7 +315,8 @@ def main(argv=None) -> None:
               qmap=qmap, degradation=deg,
               corrections=tuple(args.corrections.split(",")) if args.corrections else None,
               max_windows=args.windows, context=args.context,
-              schedule={k: v for k, v in (("sigma_max", args.sigma_max), ("rho", args.rho)) if v is not None})
+              schedule={k: v for k, v in (("sigma_max", args.sigma_max), ("rho", args.rho),
+                                          ("noise_clip", args.noise_clip)) if v is not None})
     (out / f"{label}.json").write_text(json.dumps(res, indent=1) + "\n")
     cases = "".join(f"\n\n{case_table(res, k[4:])}" for k in res["rows"][0] if k.startswith("two_")
                     and k not in ("two_none", "two_qmap")) if res["rows"] else ""

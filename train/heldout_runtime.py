@@ -7,7 +7,8 @@ runtime's route").
 
 The cases, their satellite-like input (train/degrade.py on the whole coarse frame, the fitted model,
 fixed seed) and the scores are train/heldout.py's: the 1 km ensemble's fair CRPS over the MAE of bilinear
-of the input, the corrected coarse field's fair CRPS over the input's MAE, and the members' 99.99th
+of the input and over that of bilinear of the clean mean-pooled radar (the strongest simple baseline),
+the corrected coarse field's fair CRPS over the input's MAE, and the members' 99.99th
 percentile and maximum over the truth's maximum. train/heldout.py samples the checkpoints with its own
 loop; this samples the bundle with the runtime's noise, tiling and guard.
 """
@@ -24,12 +25,10 @@ import numpy as np
 import torch
 
 from precipfast.config import DegradationConfig
-from precipfast.grid import coarsen, upsample
+from precipfast.grid import upsample
 from precipfast.metrics import crps_ensemble
 from precipfast.runtime.io_h5 import CONTEXT_PX, Context, InputField
-from precipfast.train.degrade import degrade
-from precipfast.train.heldout import CASES, SIZE, WINDOWS, wettest_windows
-from precipfast.train.sources import load_source
+from precipfast.train.heldout import SIZE, iter_cases
 
 ROUTES = ("shipped", "one_tile_no_context")
 
@@ -65,45 +64,41 @@ def score(res: dict, truth: torch.Tensor, lr: np.ndarray) -> dict:
             "p9999": float(torch.quantile(ens.flatten().double(), 0.9999)), "max": float(ens.max())}
 
 
+def _bundle_and_errors(bundle, ckpt):
+    """(the opened bundle, its scale factor, the fitted satellite-error model in ckpt's config)."""
+    from precipfast.runtime.bundle import default_bundle_path, open_bundle
+    from precipfast.train.checkpoint import read_config
+    b = open_bundle(bundle or default_bundle_path())
+    deg = DegradationConfig(**read_config(Path(ckpt) / "downscaling")["data"]["degradation"])
+    return b, int(b.manifest["scale_factor"]), deg
+
+
 def run(data_dir, *, members: int = 8, seeds=(0,), bundle=None, ckpt="checkpoints/v2", cases=None,
         max_windows: int | None = None, routes=ROUTES) -> dict:
     """ckpt: the training checkpoints whose config holds the fitted satellite-error model."""
-    from precipfast.runtime.bundle import default_bundle_path, open_bundle
     from precipfast.runtime.pipeline import Pipeline
-    from precipfast.train.checkpoint import read_config
-    b = open_bundle(bundle or default_bundle_path())
-    f = int(b.manifest["scale_factor"])
-    deg = DegradationConfig(**read_config(Path(ckpt) / "downscaling")["data"]["degradation"])
+    b, f, deg = _bundle_and_errors(bundle, ckpt)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        pipes = {"shipped": lambda: Pipeline.from_bundle(b.path, device="cpu"),
-                 "one_tile_no_context": lambda: Pipeline.from_bundle(one_tile_bundle(b.path, Path(tmp)), device="cpu")}
-        pipes = {r: pipes[r]() for r in routes}
-        for source, frames in (cases or CASES).items():
-            field = load_source(data_dir, source)
-            for t in frames:
-                if t >= field.shape[0]:
-                    continue
-                frame = field[t]
-                h, w = frame.shape[0] // f * f, frame.shape[1] // f * f
-                lr_frame = coarsen(np.nan_to_num(frame[:h, :w]), f, "mean")
-                sat_frame = degrade(torch.from_numpy(lr_frame), deg, torch.Generator().manual_seed(t)).numpy()
-                k = WINDOWS[source] if max_windows is None else min(max_windows, WINDOWS[source])
-                for (y, x) in wettest_windows(frame[:h, :w], SIZE, k):
-                    n, ly, lx = SIZE // f, y // f, x // f
-                    truth = torch.from_numpy(np.ascontiguousarray(frame[y:y + SIZE, x:x + SIZE]))
-                    lr, sat = lr_frame[ly:ly + n, lx:lx + n], sat_frame[ly:ly + n, lx:lx + n]
-                    bil = upsample(torch.from_numpy(np.ascontiguousarray(sat))[None, None], f, "bilinear")[0, 0]
-                    row = {"source": source, "frame": t, "row0": y, "col0": x, "truth_max": float(truth.max()),
-                           "sat_mae": float(np.abs(sat - lr).mean()),
-                           "sat_bilinear_mae": float((bil.clamp_min(0) - truth).abs().mean())}
-                    for route, pipe in pipes.items():
-                        fld = case_field(sat_frame, ly, lx, n, CONTEXT_PX if route == "shipped" else 0)
-                        for s in seeds:
-                            row[f"{route}_{s}"] = score(pipe.sample(fld, members=members, seed=s), truth, lr)
-                    print(f"heldout_runtime: {source} frame {t} window ({y}, {x}), case {len(rows) + 1}",
-                          file=sys.stderr, flush=True)
-                    rows.append(row)
+        pipes = {r: Pipeline.from_bundle(b.path if r == "shipped" else one_tile_bundle(b.path, Path(tmp)), device="cpu")
+                 for r in routes}
+        for source, t, y, x, frame, lr_frame, sat_frame in iter_cases(data_dir, f, deg, cases, max_windows):
+            n, ly, lx = SIZE // f, y // f, x // f
+            truth = torch.from_numpy(np.ascontiguousarray(frame[y:y + SIZE, x:x + SIZE]))
+            lr, sat = lr_frame[ly:ly + n, lx:lx + n], sat_frame[ly:ly + n, lx:lx + n]
+            bil = lambda c: upsample(torch.from_numpy(np.ascontiguousarray(c))[None, None], f, "bilinear")[0, 0]  # noqa: E731
+            row = {"source": source, "frame": t, "row0": y, "col0": x, "truth_max": float(truth.max()),
+                   "sat_mae": float(np.abs(sat - lr).mean()),
+                   "sat_bilinear_mae": float((bil(sat).clamp_min(0) - truth).abs().mean()),
+                   # the strongest simple baseline: bilinear of the clean mean-pooled radar
+                   "clean_bilinear_mae": float((bil(lr).clamp_min(0) - truth).abs().mean())}
+            for route, pipe in pipes.items():
+                fld = case_field(sat_frame, ly, lx, n, CONTEXT_PX if route == "shipped" else 0)
+                for s in seeds:
+                    row[f"{route}_{s}"] = score(pipe.sample(fld, members=members, seed=s), truth, lr)
+            print(f"heldout_runtime: {source} frame {t} window ({y}, {x}), case {len(rows) + 1}",
+                  file=sys.stderr, flush=True)
+            rows.append(row)
     return {"rows": rows, "summary": summarise(rows, seeds, routes), "members": members, "seeds": list(seeds),
             "model_version": b.manifest.get("model_version")}
 
@@ -119,47 +114,32 @@ def correction_domains(data_dir, *, members: int = 32, seed: int = 5, bundle=Non
     """The correction stage alone on each case's crop run in each of DOMAINS: its coarse fair CRPS over
     the input's MAE, overall and by ring (0 = the crop's outermost coarse pixels). Noise is keyed by
     global pixel, so every domain draws the same latents at the same pixel."""
-    from precipfast.runtime.bundle import default_bundle_path, open_bundle
     from precipfast.runtime.pipeline import Origin, Pipeline
-    from precipfast.train.checkpoint import read_config
-    b = open_bundle(bundle or default_bundle_path())
-    f = int(b.manifest["scale_factor"])
-    deg = DegradationConfig(**read_config(Path(ckpt) / "downscaling")["data"]["degradation"])
-    sums = {k: np.zeros((2, SIZE // f // 2)) for k in DOMAINS}
-    sat_sums = np.zeros((2, SIZE // f // 2))
-    tmp = tempfile.TemporaryDirectory()
-    # the shipped bundle tiles its correction at (32, 8) itself; None: its copy without, in one 128 px tile
-    pipes = {(32, 8): Pipeline.from_bundle(b.path, stages=("correction",), device="cpu"),
-             None: Pipeline.from_bundle(one_tile_bundle(b.path, Path(tmp.name)), stages=("correction",), device="cpu")}
-    assert pipes[(32, 8)].stages["correction"].tiling.tile == 32, "the bundle's correction is not tiled at 32 px"
-    for source, frames in (cases or CASES).items():
-        field = load_source(data_dir, source)
-        for t in frames:
-            if t >= field.shape[0]:
-                continue
-            frame = field[t]
-            h, w = frame.shape[0] // f * f, frame.shape[1] // f * f
-            lr_frame = coarsen(np.nan_to_num(frame[:h, :w]), f, "mean")
-            sat_frame = degrade(torch.from_numpy(lr_frame), deg, torch.Generator().manual_seed(t)).numpy()
-            for (y, x) in wettest_windows(frame[:h, :w], SIZE, WINDOWS[source]):
-                n, ly, lx = SIZE // f, y // f, x // f
-                lr = torch.from_numpy(lr_frame[ly:ly + n, lx:lx + n].copy())
-                ii, jj = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-                ring = np.minimum(np.minimum(ii, jj), np.minimum(n - 1 - ii, n - 1 - jj))
-                err = np.abs(sat_frame[ly:ly + n, lx:lx + n] - lr.numpy())
-                np.add.at(sat_sums, (0, ring), err)
-                np.add.at(sat_sums, (1, ring), 1)
-                for name, (c, tile) in DOMAINS.items():
-                    y0, x0 = max(0, ly - c), max(0, lx - c)
-                    wide = np.ascontiguousarray(sat_frame[y0:ly + n + c, x0:lx + n + c])
-                    out = pipes[tile].sample_field(wide, members, None, seed, origin=Origin(y0, x0, sat_frame.shape[1]))
-                    ens = torch.from_numpy(out["corrected_lr"][:, ly - y0:ly - y0 + n, lx - x0:lx - x0 + n])
-                    crps = crps_ensemble(ens, lr, fair=True).numpy()
-                    np.add.at(sums[name], (0, ring), crps)
-                    np.add.at(sums[name], (1, ring), 1)
-                print(f"heldout_runtime: correction domains, {source} frame {t} window ({y}, {x})", file=sys.stderr,
-                      flush=True)
-    tmp.cleanup()
+    b, f, deg = _bundle_and_errors(bundle, ckpt)
+    n = SIZE // f
+    ii, jj = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    ring = np.minimum(np.minimum(ii, jj), np.minimum(n - 1 - ii, n - 1 - jj))
+    sums = {k: np.zeros((2, n // 2)) for k in DOMAINS}
+    sat_sums = np.zeros((2, n // 2))
+    with tempfile.TemporaryDirectory() as tmp:
+        # the shipped bundle tiles its correction at (32, 8) itself; None: its copy without, in one 128 px tile
+        pipes = {(32, 8): Pipeline.from_bundle(b.path, stages=("correction",), device="cpu"),
+                 None: Pipeline.from_bundle(one_tile_bundle(b.path, Path(tmp)), stages=("correction",), device="cpu")}
+        assert pipes[(32, 8)].stages["correction"].tiling.tile == 32, "the bundle's correction is not tiled at 32 px"
+        for source, t, y, x, _, lr_frame, sat_frame in iter_cases(data_dir, f, deg, cases):
+            ly, lx = y // f, x // f
+            lr = torch.from_numpy(lr_frame[ly:ly + n, lx:lx + n].copy())
+            np.add.at(sat_sums, (0, ring), np.abs(sat_frame[ly:ly + n, lx:lx + n] - lr.numpy()))
+            np.add.at(sat_sums, (1, ring), 1)
+            for name, (c, tile) in DOMAINS.items():
+                y0, x0 = max(0, ly - c), max(0, lx - c)
+                wide = np.ascontiguousarray(sat_frame[y0:ly + n + c, x0:lx + n + c])
+                out = pipes[tile].sample_field(wide, members, None, seed, origin=Origin(y0, x0, sat_frame.shape[1]))
+                ens = torch.from_numpy(out["corrected_lr"][:, ly - y0:ly - y0 + n, lx - x0:lx - x0 + n])
+                np.add.at(sums[name], (0, ring), crps_ensemble(ens, lr, fair=True).numpy())
+                np.add.at(sums[name], (1, ring), 1)
+            print(f"heldout_runtime: correction domains, {source} frame {t} window ({y}, {x})", file=sys.stderr,
+                  flush=True)
     sat_ring = sat_sums[0] / sat_sums[1]
     return {name: {"coarse_crps_over_input": float(v[0].sum() / sat_sums[0].sum()),
                    "by_ring": (v[0] / v[1] / sat_ring).round(4).tolist()} for name, v in sums.items()}
@@ -171,6 +151,7 @@ def summarise(rows: list, seeds, routes=ROUTES) -> dict:
         for s in seeds:
             k = f"{route}_{s}"
             out[k] = {"crps_over_bilinear_input": sum(r[k]["crps"] for r in rows) / sum(r["sat_bilinear_mae"] for r in rows),
+                      "crps_over_bilinear_clean": sum(r[k]["crps"] for r in rows) / sum(r["clean_bilinear_mae"] for r in rows),
                       "coarse_crps_over_input": sum(r[k]["coarse_crps"] for r in rows) / sum(r["sat_mae"] for r in rows),
                       "worst_p9999_over_truth_max": max(r[k]["p9999"] / max(r["truth_max"], 1e-6) for r in rows),
                       "worst_max_over_truth_max": max(r[k]["max"] / max(r["truth_max"], 1e-6) for r in rows)}
