@@ -64,8 +64,14 @@ def displacement(r: torch.Tensor, shift_px: float, generator: torch.Generator) -
     mismatch between PMW overpasses / morphing and the half-hour the product stands for."""
     if shift_px <= 0:
         return r
-    dy_dx = torch.randn(r.shape[0], 2, generator=generator, dtype=torch.float64) * shift_px
-    return shift_bilinear(r, dy_dx.to(r.device))
+    return shift_bilinear(r, draw_shift(r.shape[0], shift_px, generator).to(r.device))
+
+
+def draw_shift(n: int, shift_px: float, generator: torch.Generator) -> torch.Tensor:
+    """(n, 2) displacements (dy, dx) ~ N(0, shift_px^2) coarse pixels, float64: `displacement`'s draw, and
+    the first draw `degrade` makes (intensity_bias draws nothing), so the shift a seeded degrade applied
+    can be drawn again (train/oracle.py)."""
+    return torch.randn(n, 2, generator=generator, dtype=torch.float64) * shift_px
 
 
 def shift_bilinear(r: torch.Tensor, dy_dx: torch.Tensor) -> torch.Tensor:

@@ -121,11 +121,15 @@ def iter_cases(data_dir, f: int, deg: DegradationConfig, cases=None, max_windows
             h, w = field.shape[1] // f * f, field.shape[2] // f * f
             frame = field[t][:h, :w]
             lr_frame = coarsen(np.nan_to_num(frame), f, "mean")
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + t)
-            sat_frame = degrade(torch.from_numpy(lr_frame), deg, gen).numpy()
+            sat_frame = degrade(torch.from_numpy(lr_frame), deg, frame_generator(seed, t)).numpy()
             k = WINDOWS[source] if max_windows is None else min(max_windows, WINDOWS[source])
             for (y, x) in wettest_windows(frame, SIZE, k):
                 yield source, t, y, x, frame, lr_frame, sat_frame
+
+
+def frame_generator(seed: int, t: int) -> torch.Generator:
+    """The generator `iter_cases` degrades frame t of a source with (train/oracle.py draws its shift again)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + t)
 
 
 def correction_designs(ckpt: Path, names: tuple[str, ...] | None = None) -> dict:

@@ -9,7 +9,8 @@ The cases, their satellite-like input (train/degrade.py on the whole coarse fram
 fixed seed) and the scores are train/heldout.py's: the 1 km ensemble's fair CRPS over the MAE of bilinear
 of the input and over that of bilinear of the clean mean-pooled radar (the strongest simple baseline),
 the corrected coarse field's fair CRPS over the input's MAE, and the members' 99.99th
-percentile and maximum over the truth's maximum. train/heldout.py samples the checkpoints with its own
+percentile and maximum over the truth's maximum; beside them the shift oracle's CRPS (train/oracle.py), the
+floor no model of the satellite-like input can expect to beat. train/heldout.py samples the checkpoints with its own
 loop; this samples the bundle with the runtime's noise, tiling and guard.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from precipfast.grid import upsample
 from precipfast.metrics import crps_ensemble
 from precipfast.runtime.io_h5 import CONTEXT_PX, Context, InputField
 from precipfast.train.heldout import SIZE, iter_cases
+from precipfast.train.oracle import frame_shift, shift_oracle
 
 ROUTES = ("shipped", "one_tile_no_context")
 
@@ -74,15 +76,17 @@ def _bundle_and_errors(bundle, ckpt):
 
 
 def run(data_dir, *, members: int = 8, seeds=(0,), bundle=None, ckpt="checkpoints/v2", cases=None,
-        max_windows: int | None = None, routes=ROUTES) -> dict:
-    """ckpt: the training checkpoints whose config holds the fitted satellite-error model."""
+        max_windows: int | None = None, routes=ROUTES, error_seed: int = 0) -> dict:
+    """ckpt: the training checkpoints whose config holds the fitted satellite-error model; error_seed: which
+    draw of that model degrades the frames (iter_cases; one displacement a frame, so 8 frames are only 8
+    draws of the largest error term)."""
     from precipfast.runtime.pipeline import Pipeline
     b, f, deg = _bundle_and_errors(bundle, ckpt)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         pipes = {r: Pipeline.from_bundle(b.path if r == "shipped" else one_tile_bundle(b.path, Path(tmp)), device="cpu")
                  for r in routes}
-        for source, t, y, x, frame, lr_frame, sat_frame in iter_cases(data_dir, f, deg, cases, max_windows):
+        for source, t, y, x, frame, lr_frame, sat_frame in iter_cases(data_dir, f, deg, cases, max_windows, seed=error_seed):
             n, ly, lx = SIZE // f, y // f, x // f
             truth = torch.from_numpy(np.ascontiguousarray(frame[y:y + SIZE, x:x + SIZE]))
             lr, sat = lr_frame[ly:ly + n, lx:lx + n], sat_frame[ly:ly + n, lx:lx + n]
@@ -92,6 +96,9 @@ def run(data_dir, *, members: int = 8, seeds=(0,), bundle=None, ckpt="checkpoint
                    "sat_bilinear_mae": float((bil(sat).clamp_min(0) - truth).abs().mean()),
                    # the strongest simple baseline: bilinear of the clean mean-pooled radar
                    "clean_bilinear_mae": float((bil(lr).clamp_min(0) - truth).abs().mean())}
+            # the information floor (train/oracle.py): the truth itself, placed as the input's shift allows
+            placed = shift_oracle(frame, y, x, SIZE, frame_shift(deg, error_seed, t), deg.shift_px, f)
+            row["shift_oracle_crps"] = float(crps_ensemble(placed, truth, fair=True).mean())
             for route, pipe in pipes.items():
                 fld = case_field(sat_frame, ly, lx, n, CONTEXT_PX if route == "shipped" else 0)
                 for s in seeds:
@@ -100,7 +107,7 @@ def run(data_dir, *, members: int = 8, seeds=(0,), bundle=None, ckpt="checkpoint
                   file=sys.stderr, flush=True)
             rows.append(row)
     return {"rows": rows, "summary": summarise(rows, seeds, routes), "members": members, "seeds": list(seeds),
-            "model_version": b.manifest.get("model_version")}
+            "error_seed": error_seed, "model_version": b.manifest.get("model_version")}
 
 
 # The correction stage's domain: coarse pixels of the frame around the crop, and the tile it runs in
@@ -147,6 +154,10 @@ def correction_domains(data_dir, *, members: int = 32, seed: int = 5, bundle=Non
 
 def summarise(rows: list, seeds, routes=ROUTES) -> dict:
     out = {}
+    if rows and "shift_oracle_crps" in rows[0]:
+        out["shift_oracle"] = {k: sum(r["shift_oracle_crps"] for r in rows) / sum(r[d] for r in rows)
+                               for k, d in (("crps_over_bilinear_input", "sat_bilinear_mae"),
+                                            ("crps_over_bilinear_clean", "clean_bilinear_mae"))}
     for route in routes:
         for s in seeds:
             k = f"{route}_{s}"
@@ -167,6 +178,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--windows", type=int, default=None, help="at most this many windows per frame")
     ap.add_argument("--routes", default=",".join(ROUTES), help=f"comma list of {', '.join(ROUTES)}")
+    ap.add_argument("--error-seed", type=int, default=0, help="the satellite-error draw degrading the frames")
     ap.add_argument("--correction-domains", action="store_true",
                     help="score the correction stage alone in each of DOMAINS instead (32 members, each seed)")
     args = ap.parse_args(argv)
@@ -183,10 +195,11 @@ def main(argv=None) -> None:
     routes = tuple(args.routes.split(","))
     if not routes or set(routes) - set(ROUTES):
         ap.error(f"--routes must be a comma list of {', '.join(ROUTES)}, got {args.routes!r}")
-    res = run(args.data, members=args.members, seeds=seeds, ckpt=args.ckpt, max_windows=args.windows, routes=routes)
+    res = run(args.data, members=args.members, seeds=seeds, ckpt=args.ckpt, max_windows=args.windows, routes=routes,
+              error_seed=args.error_seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "heldout_runtime.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / ("heldout_runtime.json" if not args.error_seed else f"heldout_runtime_e{args.error_seed}.json")).write_text(json.dumps(res, indent=1) + "\n")
     for k, v in res["summary"].items():
         print(k, " ".join(f"{m} {x:.3f}" for m, x in v.items()))
 

@@ -79,6 +79,10 @@ def test_runtime_route_crop_carries_its_neighbours_and_scores_both_routes():
         assert 0.3 < s["crps_over_bilinear_input"] < 1.0 and s["coarse_crps_over_input"] < 1.0
         assert s["worst_p9999_over_truth_max"] <= 2.0 and row[f"{route}_0"]["crps"] > 0
     assert row["shipped_0"]["coarse_crps"] != row["one_tile_no_context_0"]["coarse_crps"]
+    # the information floor beside them (train/oracle.py): the truth itself, spread by the shift's prior
+    o = res["summary"]["shift_oracle"]
+    assert 0.1 < o["crps_over_bilinear_input"] < 1.0 and row["shift_oracle_crps"] > 0
+    assert o["crps_over_bilinear_clean"] > o["crps_over_bilinear_input"]
 
 
 def test_correction_domains_score_each_domain_by_ring():
