@@ -179,6 +179,7 @@ def main(argv=None) -> None:
     ap.add_argument("--windows", type=int, default=None, help="at most this many windows per frame")
     ap.add_argument("--routes", default=",".join(ROUTES), help=f"comma list of {', '.join(ROUTES)}")
     ap.add_argument("--error-seed", type=int, default=0, help="the satellite-error draw degrading the frames")
+    ap.add_argument("--bundle", default=None, help="a bundle to score instead of the shipped one")
     ap.add_argument("--correction-domains", action="store_true",
                     help="score the correction stage alone in each of DOMAINS instead (32 members, each seed)")
     args = ap.parse_args(argv)
@@ -195,8 +196,8 @@ def main(argv=None) -> None:
     routes = tuple(args.routes.split(","))
     if not routes or set(routes) - set(ROUTES):
         ap.error(f"--routes must be a comma list of {', '.join(ROUTES)}, got {args.routes!r}")
-    res = run(args.data, members=args.members, seeds=seeds, ckpt=args.ckpt, max_windows=args.windows, routes=routes,
-              error_seed=args.error_seed)
+    res = run(args.data, members=args.members, seeds=seeds, bundle=args.bundle, ckpt=args.ckpt,
+              max_windows=args.windows, routes=routes, error_seed=args.error_seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / ("heldout_runtime.json" if not args.error_seed else f"heldout_runtime_e{args.error_seed}.json")).write_text(json.dumps(res, indent=1) + "\n")
