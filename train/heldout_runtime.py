@@ -4,6 +4,7 @@ correction stage in one tile and without the file's pixels around the crop (MODE
 runtime's route").
 
     python -m precipfast.train.heldout_runtime --out out/heldout_runtime [--members 8] [--seeds 0,1]
+        [--error-seeds 0,1,2,3,4,5,6,7] [--routes shipped] [--bundle B]
 
 The cases, their satellite-like input (train/degrade.py on the whole coarse frame, the fitted model,
 fixed seed) and the scores are train/heldout.py's: the 1 km ensemble's fair CRPS over the MAE of bilinear
@@ -178,7 +179,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--windows", type=int, default=None, help="at most this many windows per frame")
     ap.add_argument("--routes", default=",".join(ROUTES), help=f"comma list of {', '.join(ROUTES)}")
-    ap.add_argument("--error-seed", type=int, default=0, help="the satellite-error draw degrading the frames")
+    ap.add_argument("--error-seeds", default="0",
+                    help="comma list of draws of the satellite-error model degrading the frames, each scored")
     ap.add_argument("--bundle", default=None, help="a bundle to score instead of the shipped one")
     ap.add_argument("--correction-domains", action="store_true",
                     help="score the correction stage alone in each of DOMAINS instead (32 members, each seed)")
@@ -196,13 +198,33 @@ def main(argv=None) -> None:
     routes = tuple(args.routes.split(","))
     if not routes or set(routes) - set(ROUTES):
         ap.error(f"--routes must be a comma list of {', '.join(ROUTES)}, got {args.routes!r}")
-    res = run(args.data, members=args.members, seeds=seeds, bundle=args.bundle, ckpt=args.ckpt,
-              max_windows=args.windows, routes=routes, error_seed=args.error_seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / ("heldout_runtime.json" if not args.error_seed else f"heldout_runtime_e{args.error_seed}.json")).write_text(json.dumps(res, indent=1) + "\n")
-    for k, v in res["summary"].items():
-        print(k, " ".join(f"{m} {x:.3f}" for m, x in v.items()))
+    draws = {}
+    for e in (int(v) for v in args.error_seeds.split(",")):
+        res = run(args.data, members=args.members, seeds=seeds, bundle=args.bundle, ckpt=args.ckpt,
+                  max_windows=args.windows, routes=routes, error_seed=e)
+        (out / ("heldout_runtime.json" if not e else f"heldout_runtime_e{e}.json")).write_text(
+            json.dumps(res, indent=1) + "\n")
+        draws[e] = res["summary"]
+        for k, v in res["summary"].items():
+            print(f"error draw {e}:", k, " ".join(f"{m} {x:.3f}" for m, x in v.items()), flush=True)
+    if len(draws) > 1:
+        for k, v in over_draws(draws).items():
+            print(f"over {len(draws)} draws:", k, " ".join(f"{m} {x:.3f}" for m, x in v.items()))
+
+
+def over_draws(draws: dict) -> dict:
+    """Per summary row, over the error draws {draw: summary}: the mean of each skill ratio, the largest of
+    each worst-case peak ratio."""
+    rows = list(draws.values())
+    out = {}
+    for k, metrics in rows[0].items():
+        out[k] = {}
+        for m in metrics:
+            xs = [d[k][m] for d in rows]
+            out[k][m] = max(xs) if m.startswith("worst") else sum(xs) / len(xs)
+    return out
 
 
 if __name__ == "__main__":

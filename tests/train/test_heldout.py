@@ -85,6 +85,13 @@ def test_runtime_route_crop_carries_its_neighbours_and_scores_both_routes():
     assert o["crps_over_bilinear_clean"] > o["crps_over_bilinear_input"]
 
 
+def test_over_draws_averages_skill_and_keeps_the_worst_peaks():
+    from precipfast.train.heldout_runtime import over_draws
+    got = over_draws({0: {"shipped_0": {"crps_over_bilinear_input": 0.5, "worst_p9999_over_truth_max": 2.1}},
+                      3: {"shipped_0": {"crps_over_bilinear_input": 0.6, "worst_p9999_over_truth_max": 1.5}}})
+    assert got == {"shipped_0": {"crps_over_bilinear_input": 0.55, "worst_p9999_over_truth_max": 2.1}}
+
+
 def test_correction_domains_score_each_domain_by_ring():
     from precipfast.train import heldout_runtime
     res = heldout_runtime.correction_domains(DATA, members=4, seed=5, ckpt=CKPT, cases={"fmi/fmi_20170509": (1,)})
