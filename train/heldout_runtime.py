@@ -98,8 +98,11 @@ def run(data_dir, *, members: int = 8, seeds=(0,), bundle=None, ckpt="checkpoint
                    # the strongest simple baseline: bilinear of the clean mean-pooled radar
                    "clean_bilinear_mae": float((bil(lr).clamp_min(0) - truth).abs().mean())}
             # the information floor (train/oracle.py): the truth itself, placed as the input's shift allows
-            placed = shift_oracle(frame, y, x, SIZE, frame_shift(deg, error_seed, t), deg.shift_px, f)
+            shift = frame_shift(deg, error_seed, t)
+            placed = shift_oracle(frame, y, x, SIZE, shift, deg.shift_px, f)
             row["shift_oracle_crps"] = float(crps_ensemble(placed, truth, fair=True).mean())
+            placed_lr = shift_oracle(lr_frame, ly, lx, n, shift, deg.shift_px, 1)
+            row["shift_oracle_coarse_crps"] = float(crps_ensemble(placed_lr, torch.from_numpy(lr), fair=True).mean())
             for route, pipe in pipes.items():
                 fld = case_field(sat_frame, ly, lx, n, CONTEXT_PX if route == "shipped" else 0)
                 for s in seeds:
@@ -159,6 +162,8 @@ def summarise(rows: list, seeds, routes=ROUTES) -> dict:
         out["shift_oracle"] = {k: sum(r["shift_oracle_crps"] for r in rows) / sum(r[d] for r in rows)
                                for k, d in (("crps_over_bilinear_input", "sat_bilinear_mae"),
                                             ("crps_over_bilinear_clean", "clean_bilinear_mae"))}
+        out["shift_oracle"]["coarse_crps_over_input"] = (sum(r["shift_oracle_coarse_crps"] for r in rows)
+                                                         / sum(r["sat_mae"] for r in rows))
     for route in routes:
         for s in seeds:
             k = f"{route}_{s}"

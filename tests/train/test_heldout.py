@@ -83,6 +83,7 @@ def test_runtime_route_crop_carries_its_neighbours_and_scores_both_routes():
     o = res["summary"]["shift_oracle"]
     assert 0.1 < o["crps_over_bilinear_input"] < 1.0 and row["shift_oracle_crps"] > 0
     assert o["crps_over_bilinear_clean"] > o["crps_over_bilinear_input"]
+    assert 0.1 < o["coarse_crps_over_input"] < 1.0 and row["shift_oracle_coarse_crps"] > 0
 
 
 def test_over_draws_averages_skill_and_keeps_the_worst_peaks():

@@ -56,9 +56,12 @@ def test_floor_on_a_held_out_case_is_the_ratio_of_its_row():
     (r,) = floor(DATA, (0,), cases={"fmi/fmi_20170509": (1,)}, max_windows=1).values()
     (row,) = r["rows"]
     assert r["crps_over_bilinear_input"] == row["shift_oracle_crps"] / row["sat_bilinear_mae"]
+    assert r["coarse_crps_over_input"] == row["shift_oracle_coarse_crps"] / row["sat_mae"]
+    assert 0.3 < r["coarse_crps_over_input"] < 0.9
     # a light FMI shower moved ~14 km: even knowing the truth, the shift's prior leaves 0.5-0.9x
     assert 0.5 < r["crps_over_bilinear_input"] < 0.9
     assert row["shift"] == frame_shift(DegradationConfig(shift_px=2.0), 0, 1).tolist()
     # a satellite placed exactly leaves the oracle nothing to guess: it is the truth
     (r0,) = floor(DATA, (0,), cases={"fmi/fmi_20170509": (1,)}, max_windows=1, shift_px=0.0).values()
     assert r0["rows"][0]["shift"] == [0.0, 0.0] and r0["crps_over_bilinear_input"] < 1e-5
+    assert r0["coarse_crps_over_input"] < 1e-5
