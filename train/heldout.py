@@ -127,6 +127,13 @@ def iter_cases(data_dir, f: int, deg: DegradationConfig, cases=None, max_windows
                 yield source, t, y, x, frame, lr_frame, sat_frame
 
 
+def fitted_error_model(ckpt) -> tuple[DegradationConfig, int]:
+    """(the fitted satellite-error model, the scale factor) recorded in the downscaling checkpoint's config."""
+    from precipfast.train.checkpoint import read_config
+    data = read_config(Path(ckpt) / "downscaling")["data"]
+    return DegradationConfig(**data["degradation"]), int(data["scale_factor"])
+
+
 def frame_generator(seed: int, t: int) -> torch.Generator:
     """The generator `iter_cases` degrades frame t of a source with (train/oracle.py draws its shift again)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + t)

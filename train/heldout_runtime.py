@@ -30,8 +30,8 @@ from precipfast.config import DegradationConfig
 from precipfast.grid import upsample
 from precipfast.metrics import crps_ensemble
 from precipfast.runtime.io_h5 import CONTEXT_PX, Context, InputField
-from precipfast.train.heldout import SIZE, iter_cases
-from precipfast.train.oracle import frame_shift, shift_oracle
+from precipfast.train.heldout import SIZE, fitted_error_model, iter_cases
+from precipfast.train.oracle import case_scores, frame_shift
 
 ROUTES = ("shipped", "one_tile_no_context")
 
@@ -70,19 +70,20 @@ def score(res: dict, truth: torch.Tensor, lr: np.ndarray) -> dict:
 def _bundle_and_errors(bundle, ckpt):
     """(the opened bundle, its scale factor, the fitted satellite-error model in ckpt's config)."""
     from precipfast.runtime.bundle import default_bundle_path, open_bundle
-    from precipfast.train.checkpoint import read_config
     b = open_bundle(bundle or default_bundle_path())
-    deg = DegradationConfig(**read_config(Path(ckpt) / "downscaling")["data"]["degradation"])
-    return b, int(b.manifest["scale_factor"]), deg
+    return b, int(b.manifest["scale_factor"]), fitted_error_model(ckpt)[0]
 
 
 def run(data_dir, *, members: int = 8, seeds=(0,), bundle=None, ckpt="checkpoints/v2", cases=None,
-        max_windows: int | None = None, routes=ROUTES, error_seed: int = 0) -> dict:
+        max_windows: int | None = None, routes=ROUTES, error_seed: int = 0,
+        degradation: DegradationConfig | None = None) -> dict:
     """ckpt: the training checkpoints whose config holds the fitted satellite-error model; error_seed: which
     draw of that model degrades the frames (iter_cases; one displacement a frame, so 8 frames are only 8
-    draws of the largest error term)."""
+    draws of the largest error term); degradation: another error model instead; routes=(): the baselines
+    and the oracle alone (train/oracle.py floor)."""
     from precipfast.runtime.pipeline import Pipeline
     b, f, deg = _bundle_and_errors(bundle, ckpt)
+    deg = degradation or deg
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         pipes = {r: Pipeline.from_bundle(b.path if r == "shipped" else one_tile_bundle(b.path, Path(tmp)), device="cpu")
@@ -99,10 +100,8 @@ def run(data_dir, *, members: int = 8, seeds=(0,), bundle=None, ckpt="checkpoint
                    "clean_bilinear_mae": float((bil(lr).clamp_min(0) - truth).abs().mean())}
             # the information floor (train/oracle.py): the truth itself, placed as the input's shift allows
             shift = frame_shift(deg, error_seed, t)
-            placed = shift_oracle(frame, y, x, SIZE, shift, deg.shift_px, f)
-            row["shift_oracle_crps"] = float(crps_ensemble(placed, truth, fair=True).mean())
-            placed_lr = shift_oracle(lr_frame, ly, lx, n, shift, deg.shift_px, 1)
-            row["shift_oracle_coarse_crps"] = float(crps_ensemble(placed_lr, torch.from_numpy(lr), fair=True).mean())
+            row["shift"] = shift.tolist()
+            row.update(case_scores(frame, lr_frame, y, x, SIZE, shift, deg.shift_px, f))
             for route, pipe in pipes.items():
                 fld = case_field(sat_frame, ly, lx, n, CONTEXT_PX if route == "shipped" else 0)
                 for s in seeds:

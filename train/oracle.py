@@ -58,40 +58,36 @@ def shift_oracle(frame: np.ndarray, y: int, x: int, size: int, shift: torch.Tens
     return moved[:, 0, y - y0:y - y0 + size, x - x0:x - x0 + size].float()
 
 
+def case_scores(frame: np.ndarray, lr_frame: np.ndarray, y: int, x: int, size: int, shift: torch.Tensor,
+                shift_px: float, factor: int) -> dict:
+    """The oracle's fair CRPS on one held-out case: at 1 km against the frame's size x size window at
+    (y, x), and at the coarse grid (stage 1's floor: the clean mean-pooled field placed the same way)."""
+    from precipfast.metrics import crps_ensemble
+    n, ly, lx = size // factor, y // factor, x // factor
+    truth = torch.from_numpy(np.ascontiguousarray(frame[y:y + size, x:x + size]))
+    lr = torch.from_numpy(np.ascontiguousarray(lr_frame[ly:ly + n, lx:lx + n]))
+    placed = shift_oracle(frame, y, x, size, shift, shift_px, factor)
+    placed_lr = shift_oracle(lr_frame, ly, lx, n, shift, shift_px, 1)
+    return {"shift_oracle_crps": float(crps_ensemble(placed, truth, fair=True).mean()),
+            "shift_oracle_coarse_crps": float(crps_ensemble(placed_lr, lr, fair=True).mean())}
+
+
 def floor(data_dir, error_seeds=(0,), ckpt="checkpoints/v2", cases=None, max_windows: int | None = None,
           shift_px: float | None = None) -> dict:
-    """The shift oracle's fair CRPS over the MAE of bilinear of the satellite-like input (ratio of sums over
-    the held-out cases, as train/heldout_runtime.py's summary) for each draw of the error model; shift_px
-    replaces the fitted displacement (what the floor would be for a better or worse located satellite)."""
-    from precipfast.grid import upsample
-    from precipfast.metrics import crps_ensemble
-    from precipfast.train.checkpoint import read_config
-    from precipfast.train.heldout import SIZE, iter_cases
-    deg = DegradationConfig(**read_config(Path(ckpt) / "downscaling")["data"]["degradation"])
+    """{draw: the held-out suite's oracle ratios (train/heldout_runtime.py's "shift_oracle" summary: fair
+    CRPS over the MAE of bilinear of the input, and coarse CRPS over the input's MAE) and its rows} for each
+    draw of the error model, without sampling any model; shift_px replaces the fitted displacement (what the
+    floor would be for a better or worse located satellite)."""
+    from precipfast.train.heldout import fitted_error_model
+    from precipfast.train.heldout_runtime import run
+    deg, _ = fitted_error_model(ckpt)
     if shift_px is not None:
         deg = dataclasses.replace(deg, shift_px=float(shift_px))
-    f = int(read_config(Path(ckpt) / "downscaling")["data"]["scale_factor"])
     out = {}
     for e in error_seeds:
-        rows = []
-        for source, t, y, x, frame, lr_frame, sat_frame in iter_cases(data_dir, f, deg, cases, max_windows, seed=e):
-            n, ly, lx = SIZE // f, y // f, x // f
-            truth = torch.from_numpy(np.ascontiguousarray(frame[y:y + SIZE, x:x + SIZE]))
-            lr = torch.from_numpy(np.ascontiguousarray(lr_frame[ly:ly + n, lx:lx + n]))
-            sat = torch.from_numpy(np.ascontiguousarray(sat_frame[ly:ly + n, lx:lx + n]))
-            bil = upsample(sat[None, None], f, "bilinear")[0, 0].clamp_min(0)
-            shift = frame_shift(deg, e, t)
-            placed = shift_oracle(frame, y, x, SIZE, shift, deg.shift_px, f)
-            # stage 1's floor: the clean mean-pooled field placed the same way on the coarse grid
-            placed_lr = shift_oracle(lr_frame, ly, lx, n, shift, deg.shift_px, 1)
-            rows.append({"source": source, "frame": t, "row0": y, "col0": x, "shift": shift.tolist(),
-                         "sat_bilinear_mae": float((bil - truth).abs().mean()),
-                         "sat_mae": float((sat - lr).abs().mean()),
-                         "shift_oracle_crps": float(crps_ensemble(placed, truth, fair=True).mean()),
-                         "shift_oracle_coarse_crps": float(crps_ensemble(placed_lr, lr, fair=True).mean())})
-        total = lambda k: sum(r[k] for r in rows)  # noqa: E731
-        out[e] = {"rows": rows, "crps_over_bilinear_input": total("shift_oracle_crps") / total("sat_bilinear_mae"),
-                  "coarse_crps_over_input": total("shift_oracle_coarse_crps") / total("sat_mae")}
+        res = run(data_dir, routes=(), ckpt=ckpt, cases=cases, max_windows=max_windows, error_seed=e,
+                  degradation=deg)
+        out[e] = {"rows": res["rows"], **res["summary"]["shift_oracle"]}
     return out
 
 

@@ -1,13 +1,19 @@
 """train/oracle.py: the shift oracle reproduces the displacement the held-out frames got and places the
 truth exactly where the posterior puts it."""
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 
 from precipfast.config import DegradationConfig
 from precipfast.metrics import crps_ensemble
 from precipfast.train.degrade import degrade, shift_bilinear
 from precipfast.train.heldout import frame_generator
-from precipfast.train.oracle import frame_shift, shift_oracle
+from precipfast.train.oracle import floor, frame_shift, shift_oracle
+from precipfast.train.sources import FILES
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 SHIFT_ONLY = DegradationConfig(bias_a=1.0, gamma_exp=1.0, shift_px=2.0, blur_px=0.0, noise_std=0.0, p_miss=0.0)
 
@@ -44,15 +50,8 @@ def test_oracle_moves_the_truth_by_the_shift_in_fine_pixels():
     assert float(wide.std(0).mean()) > 0.5
 
 
-DATA = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
+@pytest.mark.skipif(not all((DATA / f).is_file() for f in FILES), reason=f"no radar files in {DATA}")
 def test_floor_on_a_held_out_case_is_the_ratio_of_its_row():
-    import pytest
-    from precipfast.train.sources import FILES
-    if not all((DATA / f).is_file() for f in FILES):
-        pytest.skip(f"no radar files in {DATA}")
-    from precipfast.train.oracle import floor
     (r,) = floor(DATA, (0,), cases={"fmi/fmi_20170509": (1,)}, max_windows=1).values()
     (row,) = r["rows"]
     assert r["crps_over_bilinear_input"] == row["shift_oracle_crps"] / row["sat_bilinear_mae"]
