@@ -55,8 +55,8 @@ def random_bundle(out_dir: Path, unet_cfg, seed: int = 0) -> Path:
 def bench(model, stage: str | None, max_batch: int, hw: tuple[int, int], repeat: int, device: str = "cpu",
           names: list[str] | None = None, threads: int = 0) -> list[dict]:
     """Run the comparison; returns (and emits) one record per backend plus the matmul record."""
-    from precipfast.runtime.bundle import open_bundle
-    from precipfast.runtime.backends import BackendOptions, available_backends, get_backend
+    from precipfast.runtime.engines.bundle import open_bundle
+    from precipfast.runtime.engines.backends import BackendOptions, available_backends, get_backend
     from precipfast.unet import count_flops
 
     dev = torch.device(device)

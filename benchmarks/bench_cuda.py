@@ -10,7 +10,7 @@ parameter count is printed) samples the same work, 30 members over a domain cut 
 ways in one run, same weights, same noise:
 
   baseline    plain PyTorch: eager float32 denoiser and the allocating reference step, whose initial
-              noise is drawn on the host (runtime/noise.py) and copied over (no churn: S_churn = 0)
+              noise is drawn on the host (precipfast/noise.py) and copied over (no churn: S_churn = 0)
   precipfast  bf16 autocast + torch.compile + CUDA graphs + the fused Triton step (each switchable;
               on the CPU only what runs there: autocast and the in-place step)
 
@@ -37,8 +37,8 @@ from precipfast.benchmarks._emit import emit, time_calls
 from precipfast.config import EDMConfig, SamplerConfig, UNetConfig
 from precipfast.denoiser import build_denoiser
 from precipfast.kernels.heun_residual import get_step_impl, step_impl_name
-from precipfast.runtime.backends import PRECISIONS, TorchBackend
-from precipfast.runtime.ensemble import Tiling, domain_tiles, evaluations, sample_ensemble
+from precipfast.runtime.engines.backends import PRECISIONS, TorchBackend
+from precipfast.runtime.sampling.ensemble import Tiling, domain_tiles, evaluations, sample_ensemble
 from precipfast.unet import count_flops
 
 # The peer's network shape (NOTES.md: SongUNet 32 ch, mult 1,2,2, 2 blocks). precipfast's U-Net always

@@ -126,8 +126,8 @@ class _TimedStep:
 
 
 def bench_share(device: str, impls, members: int, hw, steps: int, backend: str) -> list[dict]:
-    from precipfast.runtime.ensemble import sample_ensemble
-    from precipfast.runtime.pipeline import Pipeline
+    from precipfast.runtime.sampling.ensemble import sample_ensemble
+    from precipfast.runtime.sampling.pipeline import Pipeline
     pipe = Pipeline.from_bundle(None, backend=backend, device=device, stages=["downscaling"])
     run = pipe.stages["downscaling"]
     dev = torch.device(device)
@@ -172,7 +172,7 @@ def _vm(field: str) -> int:
 
 def memory_child(impl: str, members: int, hw, steps: int, denoiser: str) -> dict:
     """One sample in this process; peak RSS above the RSS just before sampling."""
-    from precipfast.runtime.ensemble import Tiling, sample_ensemble
+    from precipfast.runtime.sampling.ensemble import Tiling, sample_ensemble
     if denoiser == "shipped":
         from precipfast.export.bundle import load_denoisers
         net = load_denoisers()["downscaling"]

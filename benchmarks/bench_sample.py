@@ -22,9 +22,9 @@ DEFAULTS = BenchOptions()
 def plain_loop(bundle, lr: np.ndarray, members: int, steps: int | None, seed: int) -> np.ndarray:
     """The baseline: eager torch, one member at a time, both stages, float32, global-grid noise."""
     from precipfast import edm
-    from precipfast.runtime.bundle import load_denoisers
+    from precipfast.runtime.engines.bundle import load_denoisers
     from precipfast.grid import upsample
-    from precipfast.runtime import noise
+    from precipfast import noise
     from precipfast.transform import forward, inverse
     dens = load_denoisers(bundle)
     tr, f = bundle.transform, int(bundle.manifest["scale_factor"])
@@ -66,8 +66,8 @@ def _peak_rss_gib() -> float:
 
 def bench(model=None, *, lr_hw=DEFAULTS.lr_hw, members=DEFAULTS.members, steps=DEFAULTS.steps, seed=DEFAULTS.seed,
           backend=DEFAULTS.backend, device=DEFAULTS.device, data_dir=DEFAULTS.data, repeat=1) -> list[dict]:
-    from precipfast.runtime.bundle import default_bundle_path, open_bundle
-    from precipfast.runtime.pipeline import Pipeline
+    from precipfast.runtime.engines.bundle import default_bundle_path, open_bundle
+    from precipfast.runtime.sampling.pipeline import Pipeline
     bundle = open_bundle(model or default_bundle_path())
     lr, source = _field(lr_hw, data_dir)
     pipe = Pipeline.from_bundle(bundle.path, backend=backend, device=device)
@@ -116,11 +116,11 @@ def _field(hw, data_dir):
     from pathlib import Path
     src = Path(data_dir) / "imerg_samples.h5"
     if src.is_file():
-        from precipfast.runtime.io_h5 import read_input
+        from precipfast.runtime.files.reader import read_input
         f = read_input(src, variable="v06b_final_conus_20170103T1100/precipitationCal")
         p = f.precip[0]
         h, w = hw
-        r0, c0 = 90, 370  # rain over Ohio (see runtime/demo.py)
+        r0, c0 = 90, 370  # rain over Ohio (see precipfast/jobs/demo.py)
         return p[r0:r0 + h, c0:c0 + w].copy(), "imerg v06b 2017-01-03T11:00Z"
     yy, xx = np.mgrid[0:hw[0], 0:hw[1]]
     return (5 * np.exp(-((yy - hw[0] / 2) ** 2 + (xx - hw[1] / 2) ** 2) / 20)).astype(np.float32), "synthetic"

@@ -1,5 +1,5 @@
 """Model bundle, write side: the one on-disk format between training and every runtime (MISSION.md
-"Model bundle"); runtime/bundle.py reads and checks it.
+"Model bundle"); runtime/engines/bundle.py reads and checks it.
 
 `write_bundle` writes everything to a temporary directory and renames it into place, so a failed
 export (a failed parity check included) leaves no partial bundle.
@@ -16,7 +16,7 @@ from pathlib import Path
 from precipfast import _version
 from precipfast.config import STAGES, EDMConfig, SamplerConfig, TransformConfig, UNetConfig, from_dict, to_dict
 from precipfast.errors import EngineMismatchError, InputFormatError, OutputError
-from precipfast.runtime.bundle import (BASE_COND, FORMAT, FORMAT_VERSION, MANIFEST, PARITY, sha256_file,
+from precipfast.runtime.engines.bundle import (BASE_COND, FORMAT, FORMAT_VERSION, MANIFEST, PARITY, sha256_file,
                                        validate_manifest)
 
 
@@ -114,11 +114,11 @@ def _export_stage(den, entry: dict, tmp: Path, parity: bool) -> dict | None:
     entry["onnx"] = rel
     if not parity:
         return None
-    from precipfast.runtime.parity import parity_report, summary_line
+    from precipfast.runtime.engines.parity import parity_report, summary_line
     report = parity_report(den, tmp / rel)
     if not report["passed"]:
         raise EngineMismatchError(f"{rel}: {summary_line(report)}; the exported graph disagrees with torch")
-    # The pair this report vouches for: open_bundle refuses any other pair (runtime/bundle_check.py).
+    # The pair this report vouches for: open_bundle refuses any other pair (runtime/engines/bundle_check.py).
     report.update(weights_sha256=sha256_file(tmp / entry["weights"]), onnx_sha256=sha256_file(tmp / rel))
     return report
 

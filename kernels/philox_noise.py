@@ -1,5 +1,5 @@
 """Member noise on the device: Philox4x32-10 and Box-Muller inside a Triton kernel, bit for bit the
-layout of `runtime/noise.py` (Salmon et al. 2011; the layout and its C twin are documented there).
+layout of `precipfast/noise.py` (Salmon et al. 2011; the layout and its C twin are documented there).
 
 Used by the sampler for the initial noise x_0 = t_0 eps (Karras et al. 2022, Algorithm 2, line 1) and
 for churn, x_hat = x + sqrt(t_hat^2 - t^2) S_noise eps (lines 5-6), so no noise crosses from the host.
@@ -10,7 +10,7 @@ for churn, x_hat = x + sqrt(t_hat^2 - t^2) S_noise eps (lines 5-6), so no noise 
 
 The uint32 Philox words are exact on every device; the float64 log/cos/sin come from numpy (Triton's
 interpreter), libdevice (CUDA) or SLEEF (torch CPU), whose last bits may differ: after the rounding to
-float32 that shows as a 1-ulp difference in about one sample per hundred million (runtime/noise.py).
+float32 that shows as a 1-ulp difference in about one sample per hundred million (precipfast/noise.py).
 """
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import torch
 
 from precipfast.kernels._triton import BLOCK, LAUNCH, interpreting, lazy_jit, libdevice, tl, triton
-from precipfast.runtime import noise as pf_noise
+from precipfast import noise as pf_noise
 
 
 @dataclass(frozen=True)
 class NoiseWindow:
     """Where a batch of member fields sits in the noise space: seed, member ids, stage, and the
-    window's first global row and column on a grid of `width` columns (`runtime/noise.py`)."""
+    window's first global row and column on a grid of `width` columns (`precipfast/noise.py`)."""
     seed: int
     members: tuple[int, ...]
     stage: str
@@ -103,7 +103,7 @@ def _member_noise_kernel(
     b = (c2.to(tl.uint64) << 20) | (c3 >> 12).to(tl.uint64)
     u1 = (a * 2 + 1).to(tl.float64) * 1.1102230246251565e-16
     u2 = (b * 2 + 1).to(tl.float64) * 1.1102230246251565e-16
-    theta = u2 * 6.283185307179586  # the float64 nearest 2 pi, as in runtime/noise.py
+    theta = u2 * 6.283185307179586  # the float64 nearest 2 pi, as in precipfast/noise.py
     if LIBDEVICE:
         r = libdevice.sqrt(libdevice.log(u1) * -2.0)
         trig = tl.where(lane == 0, libdevice.cos(theta),

@@ -27,12 +27,12 @@ def __getattr__(name):
         from precipfast.grid import coarsen  # starts only once click runs a command
         return coarsen
     if name == "Pipeline":
-        from precipfast.runtime.pipeline import Pipeline
+        from precipfast.runtime.sampling.pipeline import Pipeline
         return Pipeline
     if name == "read_input":
-        from precipfast.runtime.io_h5 import read_input
+        from precipfast.runtime.files.reader import read_input
         return read_input
     if name == "load_denoisers":
-        from precipfast.runtime.bundle import load_denoisers
+        from precipfast.runtime.engines.bundle import load_denoisers
         return load_denoisers
     raise AttributeError(f"module 'precipfast' has no attribute {name!r}")

@@ -24,7 +24,7 @@ def _friendly(fn):
     anything unexpected -> exit 1 with its type, asking for --debug. Click's usage errors stay exit 2."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from precipfast.runtime.signals import Interrupted, signal_name, signals_as_exceptions
+        from precipfast.runtime.files.signals import Interrupted, signal_name, signals_as_exceptions
         ctx = click.get_current_context()
         debug = ctx.find_root().params.get("debug")
         with signals_as_exceptions():
@@ -130,7 +130,7 @@ def train(stage, data_dir, out_dir, steps, batch_size, lr, warmup_steps, ema_hal
     from precipfast.train.data import PairDataset, residual_std
     from precipfast.train.loop import train as run_train
 
-    from precipfast.runtime.device import check_device_name
+    from precipfast.runtime.engines.device import check_device_name
 
     # Every setting is checked before any data is read.
     data_cfg = DataConfig(pooling=pooling, patch_hr=patch_hr, patch_lr=patch_lr)
@@ -182,7 +182,7 @@ def export(checkpoints, out_dir, name, model_version, overwrite):
 @_friendly
 def sample(input_path, output, **settings):
     """Sample a 1 km ensemble from a coarse precipitation file (precipfast HDF5 or IMERG HDF5)."""
-    from precipfast.runtime.sample_job import run_sample
+    from precipfast.jobs.sample import run_sample
     opts = _build(SampleOptions, settings)
     if output is None:
         output = Path(input_path).stem + "_ens.h5"
@@ -196,7 +196,7 @@ def sample(input_path, output, **settings):
 @_friendly
 def info(path, show_backends):
     """Print a bundle's or an output file's metadata (default: the shipped bundle) and the backends."""
-    from precipfast.runtime.info import describe
+    from precipfast.jobs.info import describe
     click.echo(json.dumps(describe(path, show_backends), indent=2, default=str))
 
 
@@ -207,7 +207,7 @@ def info(path, show_backends):
 def demo(**settings):
     """Run the shipped model on the real IMERG field shipped in the package: writes an output file and a
     quick-look PNG."""
-    from precipfast.runtime.demo import run_demo
+    from precipfast.jobs.demo import run_demo
     click.echo(json.dumps(run_demo(_build(DemoOptions, settings))))
 
 
@@ -218,7 +218,7 @@ def demo(**settings):
 def validate(**settings):
     """Verify the ensemble on held-out real radar: CRPS, MAE/RMSE/correlation, spread/skill and the
     2-20 km power spectrum against bilinear upsampling. Prints the metrics as JSON."""
-    from precipfast.train.validate import summary, validate as run_validate
+    from precipfast.jobs.validate import summary, validate as run_validate
     opts = _build(ValidateOptions, settings)
     progress = None if opts.quiet else (lambda msg: click.echo(msg, err=True))
     click.echo(json.dumps(summary(run_validate(opts, progress=progress)), indent=2))
@@ -240,7 +240,7 @@ def evaluate(ensemble_path, truth_path, input_path, variable, truth_variable, js
     """Verify an ensemble written by `sample` against your own 1 km truth: fair CRPS, MAE/RMSE of the mean,
     bias, correlation, spread/skill, rank histogram, power spectra, fractions skill score, each beside
     bilinear/nearest of the input and bilinear of the mean-pooled truth. Prints a table."""
-    from precipfast.runtime.verify import format_table, run
+    from precipfast.verify.evaluate import format_table, run
     progress = None if quiet else (lambda msg: click.echo(msg, err=True))
     result = run(ensemble_path, truth_path, json_path=json_path, plots_dir=plots_dir, input_path=input_path,
                  variable=variable, truth_variable=truth_variable, progress=progress)
@@ -255,8 +255,8 @@ def bench(**settings):
     """Benchmarks as JSON lines on stdout: batched runtime vs a plain one-member-at-a-time PyTorch loop
     (same weights, same run), and denoiser throughput per backend against the machine's matmul rate."""
     from precipfast.benchmarks._emit import emit
-    from precipfast.runtime.bundle import default_bundle_path
-    from precipfast.runtime.device import resolve_device
+    from precipfast.runtime.engines.bundle import default_bundle_path
+    from precipfast.runtime.engines.device import resolve_device
     opts = _build(BenchOptions, settings)
     bundle = opts.model or default_bundle_path()
     device = str(resolve_device(opts.device))

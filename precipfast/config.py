@@ -145,7 +145,7 @@ class DegradationConfig:
 
     r_sat = blur(shift(b * r^gamma_exp)) * lognormal noise, then rain below detect_mm_h removed
     with probability p_miss. Defaults are fitted to the IMERG fields in imerg_samples.h5 against
-    mean-pooled radar (train/fit_degradation.py, train/DEGRADATION.md, "mean pooling" column)."""
+    mean-pooled radar (experiments/fit_degradation.py, train/DEGRADATION.md, "mean pooling" column)."""
     bias_a: float = 1.13                    # multiplicative bias factor b at 1 mm/h
     gamma_exp: float = 1.09                 # intensity exponent (<1 would underestimate heavy rain)
     detect_mm_h: float = 0.5                # rates below this are the "light rain" satellites miss (not fitted)

@@ -18,7 +18,7 @@ from typing import Any
 
 from precipfast.config import DEFAULT_OVERLAP, DEFAULT_TILE, STAGES
 
-SEED_MAX = 2 ** 32 - 1   # time slice t samples with seed + t * 2^32 (runtime/noise.py): seeds fill the low word
+SEED_MAX = 2 ** 32 - 1   # time slice t samples with seed + t * 2^32 (precipfast/noise.py): seeds fill the low word
 
 
 def setting(default: Any, help: str, *, lo=None, hi=None, unit: str = "", kind=None, nargs: int = 1) -> Any:
@@ -80,8 +80,8 @@ def parse_stages(stages) -> tuple[str, ...] | None:
 
 def _common_checks(opts) -> None:
     check_ranges(opts)
-    from precipfast.runtime.backends import check_backend_name
-    from precipfast.runtime.device import check_device_name
+    from precipfast.runtime.engines.backends import check_backend_name
+    from precipfast.runtime.engines.device import check_device_name
     check_backend_name(opts.backend)
     check_device_name(opts.device)
     if opts.overlap >= opts.tile:
@@ -167,11 +167,11 @@ class SampleOptions:
     quiet: bool = _quiet()
 
     def __post_init__(self):
-        from precipfast.runtime.backends import check_precision
+        from precipfast.runtime.engines.backends import check_precision
         check_precision(self.precision)
         object.__setattr__(self, "stages", parse_stages(self.stages))
         if self.bbox is not None:
-            from precipfast.runtime.latlon import check_bbox
+            from precipfast.runtime.files.latlon import check_bbox
             box = parse_list(self.bbox, float, "--bbox")
             if len(box) != 4:
                 raise ValueError(f"--bbox must be S,N,W,E in degrees (e.g. 35,40,-100,-95), got {self.bbox!r}")
@@ -185,7 +185,7 @@ class SampleOptions:
 
 @dataclass(frozen=True)
 class ValidateOptions:
-    """`precipfast validate`: the bundle's ensemble on held-out radar (train/validate.py)."""
+    """`precipfast validate`: the bundle's ensemble on held-out radar (precipfast/jobs/validate.py)."""
     model: str | None = _model()
     data: str = setting("../shared/data", "Radar data directory.")
     source: str = setting("mrms/region_3", "Held-out radar source: mrms/region_N, fmi/fmi_*, bom/bom_* "
@@ -229,7 +229,7 @@ class ValidateOptions:
 
 @dataclass(frozen=True)
 class DemoOptions:
-    """`precipfast demo`: the shipped model on the demo input (runtime/demo_input.py)."""
+    """`precipfast demo`: the shipped model on the demo input (precipfast/jobs/demo_input.py)."""
     out: str = setting("out/demo", "Output folder (ensemble.h5, quicklook.png).")
     members: int = setting(8, "Ensemble members.", lo=1, hi=10000)
     steps: int | None = _steps()
@@ -274,8 +274,8 @@ class BenchOptions:
             if len(getattr(self, name)) != 2:
                 raise ValueError(f"--{name.replace('_', '-')} must be two integers H W, got {getattr(self, name)}")
         check_ranges(self)
-        from precipfast.runtime.backends import check_backend_name
-        from precipfast.runtime.device import check_device_name
+        from precipfast.runtime.engines.backends import check_backend_name
+        from precipfast.runtime.engines.device import check_device_name
         check_backend_name(self.backend)
         check_device_name(self.device)
 

@@ -82,7 +82,7 @@ def crps_bundle(tmp_path_factory):
 @pytest.fixture()
 def coarse_file(tmp_path):
     """A precipfast input: 2 times of a 12 x 14 coarse field at 0.1 deg with a rain blob and a NaN."""
-    from precipfast.runtime.input_writer import write_precipfast_input
+    from precipfast.runtime.files.input_writer import write_precipfast_input
     lat = 40.95 - 0.1 * np.arange(12)
     lon = -100.95 + 0.1 * np.arange(14)
     yy, xx = np.mgrid[0:12, 0:14]

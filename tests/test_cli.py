@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from precipfast.cli import main
-from precipfast.runtime.input_writer import write_precipfast_input
+from precipfast.runtime.files.input_writer import write_precipfast_input
 
 FAST = ["--members", "2", "--steps", "2", "--backend", "torch", "--device", "cpu", "--quiet"]
 

@@ -5,7 +5,7 @@ trained on radar degraded the way passive-microwave/infrared retrievals err: an 
 bias, displacement, blur, multiplicative noise and missed light rain, applied in that order and clipped
 at 0 mm/h. The error components follow the IMERG validation literature (Tan et al. 2016, J. Hydrometeor.
 17; Tian et al. 2009, multiplicative error model); the defaults in `DegradationConfig` are fitted to the
-rain statistics of real IMERG fields by `train/fit_degradation.py` (see train/DEGRADATION.md).
+rain statistics of real IMERG fields by `experiments/fit_degradation.py` (see train/DEGRADATION.md).
 
 `degradation_stats` computes the statistics that fit compares (wet fraction, conditional quantiles,
 heavy-rain share, lag-1 autocorrelation).
@@ -72,7 +72,7 @@ def displacement(r: torch.Tensor, shift_px: float, generator: torch.Generator) -
 def draw_shift(n: int, shift_px: float, generator: torch.Generator) -> torch.Tensor:
     """(n, 2) displacements (dy, dx) ~ N(0, shift_px^2) coarse pixels, float64: `displacement`'s draw, and
     the first draw `degrade` makes (intensity_bias draws nothing), so the shift a seeded degrade applied
-    can be drawn again (train/oracle.py)."""
+    can be drawn again (experiments/oracle.py)."""
     return torch.randn(n, 2, generator=generator, dtype=torch.float64) * shift_px
 
 
@@ -123,7 +123,7 @@ def missed_light_rain(r: torch.Tensor, detect_mm_h: float, p_miss: float,
 
 
 # ---------------------------------------------------------------------------------------------------
-# Statistics compared by the fit (train/fit_degradation.py) and the tests.
+# Statistics compared by the fit (experiments/fit_degradation.py) and the tests.
 
 def degradation_stats(fields, weights=None) -> dict:
     """Rain statistics of one or more sets of fields (numpy or torch, (h, w) or (T, h, w), mm/h, NaN =

@@ -7,9 +7,9 @@ import torch
 
 from precipfast.config import DataConfig, TrainConfig, to_dict
 from precipfast.errors import EngineMismatchError, InputFormatError, OutputError
-from precipfast.runtime import parity
+from precipfast.runtime.engines import parity
 from precipfast.export.bundle import export_checkpoints, write_bundle
-from precipfast.runtime.bundle import FORMAT_VERSION, default_bundle_path, load_denoisers, open_bundle
+from precipfast.runtime.engines.bundle import FORMAT_VERSION, default_bundle_path, load_denoisers, open_bundle
 from precipfast.train.checkpoint import save_checkpoint
 
 COMMON = dict(name="tiny", model_version="0.0.1", scale_factor=10, pooling="max",
@@ -180,7 +180,7 @@ def test_export_checkpoints(stages, tmp_path):
 
 
 def test_default_bundle_path(tmp_path, monkeypatch):
-    from precipfast.runtime import bundle as rb
+    from precipfast.runtime.engines import bundle as rb
     p = default_bundle_path(must_exist=False)
     assert p.parts[-3:] == ("precipfast", "bundles", "default")
     # An installation without a shipped bundle (a package directory with none): one line saying what to do.
@@ -197,7 +197,7 @@ def test_mean_plus_edm_stage_round_trips_with_onnx_parity(tmp_path):
     import numpy as np
     from precipfast.config import EDMConfig, SamplerConfig, UNetConfig
     from precipfast.denoiser import build_denoiser
-    from precipfast.runtime.backends import ort_session
+    from precipfast.runtime.engines.backends import ort_session
     torch.manual_seed(4)
     edm = EDMConfig(sigma_data=0.2, kind="mean+edm", denoised_max=4.0)
     den = build_denoiser(UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(), cond_channels=1), edm)
@@ -228,7 +228,7 @@ def test_crps_stage_round_trips_with_onnx_parity(tmp_path):
     import numpy as np
     from precipfast.config import EDMConfig, SamplerConfig, UNetConfig
     from precipfast.denoiser import build_denoiser
-    from precipfast.runtime.backends import ort_session
+    from precipfast.runtime.engines.backends import ort_session
     torch.manual_seed(5)
     edm = EDMConfig(sigma_data=0.3, kind="crps", denoised_max=4.0)
     den = build_denoiser(UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(), cond_channels=1), edm)

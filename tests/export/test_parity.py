@@ -3,7 +3,7 @@ import copy
 
 import torch
 
-from precipfast.runtime.parity import PARITY_TOL_REL, SIGMA_PROBE, parity_report
+from precipfast.runtime.engines.parity import PARITY_TOL_REL, SIGMA_PROBE, parity_report
 
 
 def test_faithful_export_passes(tiny, tiny_onnx):

@@ -18,8 +18,8 @@ from precipfast.errors import KernelUnavailableError
 from precipfast.kernels import heun_residual as hr
 from precipfast.kernels.heun_residual import (STEP_IMPLS, InplaceStep, NoiseWindow, ReferenceStep, TritonStep,
                                               euler_residual, get_step_impl, heun_residual)
-from precipfast.runtime import noise
-from precipfast.runtime.ensemble import Tiling, sample_ensemble
+from precipfast import noise
+from precipfast.runtime.sampling.ensemble import Tiling, sample_ensemble
 
 EXACT = {"rtol": 0.0, "atol": 0.0}
 EXPM1 = {"rtol": 2 ** -22, "atol": 0.0}  # 2 float32 ulp: expm1 from another math library (see above)

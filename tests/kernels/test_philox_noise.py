@@ -1,11 +1,11 @@
-"""The device noise kernel gives runtime/noise.py's numbers bit for bit: same seed, member, stage, step
+"""The device noise kernel gives precipfast/noise.py's numbers bit for bit: same seed, member, stage, step
 and global pixel, same float32 value, whatever the window, member order or block boundaries."""
 import pytest
 import torch
 
 from precipfast.kernels.philox_noise import (NoiseWindow, member_noise, member_noise_inplace,
                                              member_noise_reference)
-from precipfast.runtime import noise
+from precipfast import noise
 
 # Windows chosen to reach every word of the layout: a seed above 2^32 (key word 1) whose low word is
 # above 2^31 (an unsigned key word), odd columns (windows starting on lane 1), a global index above
@@ -30,7 +30,7 @@ def test_initial_noise_is_bit_identical_to_runtime_noise(shape, win, device):
                                win.col0, win.col0 + shape[3], win.width)
     # Exact: the Philox words are integers; Box-Muller runs in float64 and is rounded once to float32,
     # where a last-bit difference of numpy's / libdevice's log, cos or sin against torch's survives in
-    # ~1e-8 of samples (runtime/noise.py), i.e. in none of these few thousand.
+    # ~1e-8 of samples (precipfast/noise.py), i.e. in none of these few thousand.
     torch.testing.assert_close(got, eps * 80.0, rtol=0, atol=0)
     assert not got.isnan().any()
 

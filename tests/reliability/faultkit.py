@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from precipfast.cli import main
-from precipfast.runtime.input_writer import write_precipfast_input
+from precipfast.runtime.files.input_writer import write_precipfast_input
 
 FAST = ["--members", "1", "--steps", "2", "--device", "cpu", "--quiet"]
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from precipfast.errors import OutputError
-from precipfast.runtime import output
-from precipfast.runtime.output import write_output
+from precipfast.runtime.files import writer as output
+from precipfast.runtime.files.writer import write_output
 
 from faultkit import FAST, cli, coarse, one_line, snapshot, spawn, temps
 

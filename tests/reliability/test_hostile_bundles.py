@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from precipfast.errors import EngineMismatchError
-from precipfast.runtime import bundle as bundle_mod
-from precipfast.runtime.bundle_check import check_plain_name
+from precipfast.runtime.engines import bundle as bundle_mod
+from precipfast.runtime.engines.bundle_check import check_plain_name
 
 from faultkit import FAST, cli, one_line, snapshot
 

@@ -5,8 +5,8 @@ import h5py
 import numpy as np
 import pytest
 
-from precipfast.runtime.input_writer import write_precipfast_input
-from precipfast.runtime.io_h5 import read_input
+from precipfast.runtime.files.input_writer import write_precipfast_input
+from precipfast.runtime.files.reader import read_input
 
 from faultkit import cli, one_line, snapshot
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from precipfast.runtime import output
+from precipfast.runtime.files import writer as output
 
 from faultkit import FAST, cli, coarse, snapshot, spawn, temps, wait_for_temp
 

@@ -1,0 +1,235 @@
+"""The held-out two-stage cases through the runtime's own route (`Pipeline.sample` on an InputField, as
+`precipfast sample --bbox` runs them), for the shipped bundle and for it run the way 0.3.1 was: the
+correction stage in one tile and without the file's pixels around the crop (MODEL_CARD.md, "The
+runtime's route").
+
+    python -m experiments.heldout_runtime --out out/heldout_runtime [--members 8] [--seeds 0,1]
+        [--error-seeds 0,1,2,3,4,5,6,7] [--routes shipped] [--bundle B]
+
+The cases, their satellite-like input (train/degrade.py on the whole coarse frame, the fitted model,
+fixed seed) and the scores are experiments/heldout.py's: the 1 km ensemble's fair CRPS over the MAE of bilinear
+of the input and over that of bilinear of the clean mean-pooled radar (the strongest simple baseline),
+the corrected coarse field's fair CRPS over the input's MAE, and the members' 99.99th
+percentile and maximum over the truth's maximum; beside them the shift oracle's CRPS (experiments/oracle.py), the
+floor no model of the satellite-like input can expect to beat. experiments/heldout.py samples the checkpoints with its own
+loop; this samples the bundle with the runtime's noise, tiling and guard.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from precipfast.config import DegradationConfig
+from precipfast.grid import upsample
+from precipfast.verify.scores import crps_ensemble
+from precipfast.runtime.files.reader import CONTEXT_PX, Context, InputField
+from experiments.heldout import SIZE, fitted_error_model, iter_cases
+from experiments.oracle import case_scores, frame_shift
+
+ROUTES = ("shipped", "one_tile_no_context")
+
+
+def case_field(sat_frame: np.ndarray, ly: int, lx: int, n: int, context: int) -> InputField:
+    """The n x n coarse window at (ly, lx) of a satellite-like frame as the reader gives a --bbox crop:
+    with up to `context` pixels of the frame around it. Pixel centres on the 0.1 deg grid from (60N, 130W)
+    key the noise (any fixed placement would do)."""
+    top, left = min(context, ly), min(context, lx)
+    bottom, right = min(context, sat_frame.shape[0] - ly - n), min(context, sat_frame.shape[1] - lx - n)
+    wide = np.ascontiguousarray(sat_frame[ly - top:ly + n + bottom, lx - left:lx + n + right])[None]
+    ctx = Context(wide, top, bottom, left, right) if context else None
+    return InputField(precip=np.ascontiguousarray(sat_frame[ly:ly + n, lx:lx + n])[None],
+                      lat=60.0 - 0.1 * (ly + np.arange(n)) - 0.05, lon=-130.0 + 0.1 * (lx + np.arange(n)) + 0.05,
+                      times=None, aux={}, source_format="heldout", variable="sat", pixel_deg=0.1, sha256="",
+                      context=ctx)
+
+
+def one_tile_bundle(bundle: Path, into: Path) -> Path:
+    """A copy of `bundle` whose correction stage has no tile of its own (so one tile up to --tile)."""
+    out = into / "one_tile"
+    shutil.copytree(bundle, out)
+    m = json.loads((out / "manifest.json").read_text())
+    m["stages"]["correction"].pop("tile", None)
+    (out / "manifest.json").write_text(json.dumps(m, indent=2))
+    return out
+
+
+def score(res: dict, truth: torch.Tensor, lr: np.ndarray) -> dict:
+    ens, corr = torch.from_numpy(res["precip"][0]), torch.from_numpy(res["corrected_lr"][0])
+    return {"crps": float(crps_ensemble(ens, truth, fair=True).mean()),
+            "coarse_crps": float(crps_ensemble(corr, torch.from_numpy(lr), fair=True).mean()),
+            "p9999": float(torch.quantile(ens.flatten().double(), 0.9999)), "max": float(ens.max())}
+
+
+def _bundle_and_errors(bundle, ckpt):
+    """(the opened bundle, its scale factor, the fitted satellite-error model in ckpt's config)."""
+    from precipfast.runtime.engines.bundle import default_bundle_path, open_bundle
+    b = open_bundle(bundle or default_bundle_path())
+    return b, int(b.manifest["scale_factor"]), fitted_error_model(ckpt)[0]
+
+
+def run(data_dir, *, members: int = 8, seeds=(0,), bundle=None, ckpt="checkpoints/v2", cases=None,
+        max_windows: int | None = None, routes=ROUTES, error_seed: int = 0,
+        degradation: DegradationConfig | None = None) -> dict:
+    """ckpt: the training checkpoints whose config holds the fitted satellite-error model; error_seed: which
+    draw of that model degrades the frames (iter_cases; one displacement a frame, so 8 frames are only 8
+    draws of the largest error term); degradation: another error model instead; routes=(): the baselines
+    and the oracle alone (experiments/oracle.py floor)."""
+    from precipfast.runtime.sampling.pipeline import Pipeline
+    b, f, deg = _bundle_and_errors(bundle, ckpt)
+    deg = degradation or deg
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        pipes = {r: Pipeline.from_bundle(b.path if r == "shipped" else one_tile_bundle(b.path, Path(tmp)), device="cpu")
+                 for r in routes}
+        for source, t, y, x, frame, lr_frame, sat_frame in iter_cases(data_dir, f, deg, cases, max_windows, seed=error_seed):
+            n, ly, lx = SIZE // f, y // f, x // f
+            truth = torch.from_numpy(np.ascontiguousarray(frame[y:y + SIZE, x:x + SIZE]))
+            lr, sat = lr_frame[ly:ly + n, lx:lx + n], sat_frame[ly:ly + n, lx:lx + n]
+            bil = lambda c: upsample(torch.from_numpy(np.ascontiguousarray(c))[None, None], f, "bilinear")[0, 0]  # noqa: E731
+            row = {"source": source, "frame": t, "row0": y, "col0": x, "truth_max": float(truth.max()),
+                   "sat_mae": float(np.abs(sat - lr).mean()),
+                   "sat_bilinear_mae": float((bil(sat).clamp_min(0) - truth).abs().mean()),
+                   # the strongest simple baseline: bilinear of the clean mean-pooled radar
+                   "clean_bilinear_mae": float((bil(lr).clamp_min(0) - truth).abs().mean())}
+            # the information floor (experiments/oracle.py): the truth itself, placed as the input's shift allows
+            shift = frame_shift(deg, error_seed, t)
+            row["shift"] = shift.tolist()
+            row.update(case_scores(frame, lr_frame, y, x, SIZE, shift, deg.shift_px, f))
+            for route, pipe in pipes.items():
+                fld = case_field(sat_frame, ly, lx, n, CONTEXT_PX if route == "shipped" else 0)
+                for s in seeds:
+                    row[f"{route}_{s}"] = score(pipe.sample(fld, members=members, seed=s), truth, lr)
+            print(f"heldout_runtime: {source} frame {t} window ({y}, {x}), case {len(rows) + 1}",
+                  file=sys.stderr, flush=True)
+            rows.append(row)
+    return {"rows": rows, "summary": summarise(rows, seeds, routes), "members": members, "seeds": list(seeds),
+            "error_seed": error_seed, "model_version": b.manifest.get("model_version")}
+
+
+# The correction stage's domain: coarse pixels of the frame around the crop, and the tile it runs in
+# (None: one tile up to 128 px, 0.3.1's route).
+DOMAINS = {"crop_one_tile": (0, None), "crop_context8_tiled32": (8, (32, 8)),
+           "context54_one_tile": (54, None), "context54_tiled32": (54, (32, 8))}
+
+
+def correction_domains(data_dir, *, members: int = 32, seed: int = 5, bundle=None, ckpt="checkpoints/v2",
+                       cases=None) -> dict:
+    """The correction stage alone on each case's crop run in each of DOMAINS: its coarse fair CRPS over
+    the input's MAE, overall and by ring (0 = the crop's outermost coarse pixels). Noise is keyed by
+    global pixel, so every domain draws the same latents at the same pixel."""
+    from precipfast.runtime.sampling.pipeline import Origin, Pipeline
+    b, f, deg = _bundle_and_errors(bundle, ckpt)
+    n = SIZE // f
+    ii, jj = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    ring = np.minimum(np.minimum(ii, jj), np.minimum(n - 1 - ii, n - 1 - jj))
+    sums = {k: np.zeros((2, n // 2)) for k in DOMAINS}
+    sat_sums = np.zeros((2, n // 2))
+    with tempfile.TemporaryDirectory() as tmp:
+        # the shipped bundle tiles its correction at (32, 8) itself; None: its copy without, in one 128 px tile
+        pipes = {(32, 8): Pipeline.from_bundle(b.path, stages=("correction",), device="cpu"),
+                 None: Pipeline.from_bundle(one_tile_bundle(b.path, Path(tmp)), stages=("correction",), device="cpu")}
+        assert pipes[(32, 8)].stages["correction"].tiling.tile == 32, "the bundle's correction is not tiled at 32 px"
+        for source, t, y, x, _, lr_frame, sat_frame in iter_cases(data_dir, f, deg, cases):
+            ly, lx = y // f, x // f
+            lr = torch.from_numpy(lr_frame[ly:ly + n, lx:lx + n].copy())
+            np.add.at(sat_sums, (0, ring), np.abs(sat_frame[ly:ly + n, lx:lx + n] - lr.numpy()))
+            np.add.at(sat_sums, (1, ring), 1)
+            for name, (c, tile) in DOMAINS.items():
+                y0, x0 = max(0, ly - c), max(0, lx - c)
+                wide = np.ascontiguousarray(sat_frame[y0:ly + n + c, x0:lx + n + c])
+                out = pipes[tile].sample_field(wide, members, None, seed, origin=Origin(y0, x0, sat_frame.shape[1]))
+                ens = torch.from_numpy(out["corrected_lr"][:, ly - y0:ly - y0 + n, lx - x0:lx - x0 + n])
+                np.add.at(sums[name], (0, ring), crps_ensemble(ens, lr, fair=True).numpy())
+                np.add.at(sums[name], (1, ring), 1)
+            print(f"heldout_runtime: correction domains, {source} frame {t} window ({y}, {x})", file=sys.stderr,
+                  flush=True)
+    sat_ring = sat_sums[0] / sat_sums[1]
+    return {name: {"coarse_crps_over_input": float(v[0].sum() / sat_sums[0].sum()),
+                   "by_ring": (v[0] / v[1] / sat_ring).round(4).tolist()} for name, v in sums.items()}
+
+
+def summarise(rows: list, seeds, routes=ROUTES) -> dict:
+    out = {}
+    if rows and "shift_oracle_crps" in rows[0]:
+        out["shift_oracle"] = {k: sum(r["shift_oracle_crps"] for r in rows) / sum(r[d] for r in rows)
+                               for k, d in (("crps_over_bilinear_input", "sat_bilinear_mae"),
+                                            ("crps_over_bilinear_clean", "clean_bilinear_mae"))}
+        out["shift_oracle"]["coarse_crps_over_input"] = (sum(r["shift_oracle_coarse_crps"] for r in rows)
+                                                         / sum(r["sat_mae"] for r in rows))
+    for route in routes:
+        for s in seeds:
+            k = f"{route}_{s}"
+            out[k] = {"crps_over_bilinear_input": sum(r[k]["crps"] for r in rows) / sum(r["sat_bilinear_mae"] for r in rows),
+                      "crps_over_bilinear_clean": sum(r[k]["crps"] for r in rows) / sum(r["clean_bilinear_mae"] for r in rows),
+                      "coarse_crps_over_input": sum(r[k]["coarse_crps"] for r in rows) / sum(r["sat_mae"] for r in rows),
+                      "worst_p9999_over_truth_max": max(r[k]["p9999"] / max(r["truth_max"], 1e-6) for r in rows),
+                      "worst_max_over_truth_max": max(r[k]["max"] / max(r["truth_max"], 1e-6) for r in rows)}
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--ckpt", default="checkpoints/v2", help="the checkpoints holding the fitted satellite-error model")
+    ap.add_argument("--out", default="out/heldout_runtime")
+    ap.add_argument("--members", type=int, default=8)
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--windows", type=int, default=None, help="at most this many windows per frame")
+    ap.add_argument("--routes", default=",".join(ROUTES), help=f"comma list of {', '.join(ROUTES)}")
+    ap.add_argument("--error-seeds", default="0",
+                    help="comma list of draws of the satellite-error model degrading the frames, each scored")
+    ap.add_argument("--bundle", default=None, help="a bundle to score instead of the shipped one")
+    ap.add_argument("--correction-domains", action="store_true",
+                    help="score the correction stage alone in each of DOMAINS instead (32 members, each seed)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    if args.correction_domains:
+        res = {s: correction_domains(args.data, seed=s, ckpt=args.ckpt) for s in seeds}
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "correction_domains.json").write_text(json.dumps(res, indent=1) + "\n")
+        for s, r in res.items():
+            for k, v in r.items():
+                print(f"seed {s} {k}: coarse CRPS / input {v['coarse_crps_over_input']:.3f}, ring 0 {v['by_ring'][0]:.3f}")
+        return
+    routes = tuple(args.routes.split(","))
+    if not routes or set(routes) - set(ROUTES):
+        ap.error(f"--routes must be a comma list of {', '.join(ROUTES)}, got {args.routes!r}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    draws = {}
+    for e in (int(v) for v in args.error_seeds.split(",")):
+        res = run(args.data, members=args.members, seeds=seeds, bundle=args.bundle, ckpt=args.ckpt,
+                  max_windows=args.windows, routes=routes, error_seed=e)
+        (out / ("heldout_runtime.json" if not e else f"heldout_runtime_e{e}.json")).write_text(
+            json.dumps(res, indent=1) + "\n")
+        draws[e] = res["summary"]
+        for k, v in res["summary"].items():
+            print(f"error draw {e}:", k, " ".join(f"{m} {x:.3f}" for m, x in v.items()), flush=True)
+    if len(draws) > 1:
+        for k, v in over_draws(draws).items():
+            print(f"over {len(draws)} draws:", k, " ".join(f"{m} {x:.3f}" for m, x in v.items()))
+
+
+def over_draws(draws: dict) -> dict:
+    """Per summary row, over the error draws {draw: summary}: the mean of each skill ratio, the largest of
+    each worst-case peak ratio."""
+    rows = list(draws.values())
+    out = {}
+    for k, metrics in rows[0].items():
+        out[k] = {}
+        for m in metrics:
+            xs = [d[k][m] for d in rows]
+            out[k][m] = max(xs) if m.startswith("worst") else sum(xs) / len(xs)
+    return out
+
+
+if __name__ == "__main__":
+    main()
