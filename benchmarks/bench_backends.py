@@ -18,7 +18,13 @@ from pathlib import Path
 import torch
 
 from precipfast.benchmarks._emit import emit, time_calls
+from precipfast.config import EDMConfig, SamplerConfig, UNetConfig, to_dict
+from precipfast.denoiser import build_denoiser
+from precipfast.export.bundle import write_bundle
 from precipfast.options import BenchOptions
+from precipfast.runtime.engines.backends import BackendOptions, available_backends, get_backend
+from precipfast.runtime.engines.bundle import open_bundle
+from precipfast.unet import count_flops
 
 DEFAULTS = BenchOptions()  # the defaults of `precipfast bench`, shared by this script's flags
 MATMUL_N = 1024
@@ -36,9 +42,6 @@ def matmul_gflops(device: torch.device, repeat: int = 10) -> dict:
 
 def random_bundle(out_dir: Path, unet_cfg, seed: int = 0) -> Path:
     """A one-stage (downscaling) bundle with random, non-zero weights (EDM zero-inits some layers)."""
-    from precipfast.config import EDMConfig, SamplerConfig, to_dict
-    from precipfast.export.bundle import write_bundle
-    from precipfast.denoiser import build_denoiser
 
     torch.manual_seed(seed)
     den = build_denoiser(unet_cfg, EDMConfig())
@@ -55,14 +58,11 @@ def random_bundle(out_dir: Path, unet_cfg, seed: int = 0) -> Path:
 def bench(model, stage: str | None, max_batch: int, hw: tuple[int, int], repeat: int, device: str = "cpu",
           names: list[str] | None = None, threads: int = 0) -> list[dict]:
     """Run the comparison; returns (and emits) one record per backend plus the matmul record."""
-    from precipfast.runtime.engines.bundle import open_bundle
-    from precipfast.runtime.engines.backends import BackendOptions, available_backends, get_backend
-    from precipfast.unet import count_flops
 
     dev = torch.device(device)
     bundle = open_bundle(model)
     batch = max_batch
-    opts = BackendOptions(max_batch=batch, max_hw=max(hw), threads=threads)
+    opts = BackendOptions(max_batch=batch, tile=max(hw), threads=threads)
     stage = stage or bundle.stage_names[0]
     unet = bundle.unet(stage)
     h, w = hw
@@ -116,7 +116,6 @@ def _summary(records: list[dict], peak: dict, flops: float, batch: int, hw) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    from precipfast.config import UNetConfig
 
     ap = argparse.ArgumentParser(prog="python -m precipfast.benchmarks.bench_backends",
                                  description=__doc__.split("\n")[0])

@@ -37,7 +37,7 @@ from precipfast.benchmarks._emit import emit, time_calls
 from precipfast.config import EDMConfig, SamplerConfig, UNetConfig
 from precipfast.denoiser import build_denoiser
 from precipfast.kernels.heun_residual import get_step_impl, step_impl_name
-from precipfast.runtime.engines.backends import PRECISIONS, TorchBackend
+from precipfast.runtime.engines.torch_backend import PRECISIONS, TorchBackend
 from precipfast.runtime.sampling.ensemble import Tiling, domain_tiles, evaluations, sample_ensemble
 from precipfast.unet import count_flops
 

@@ -29,8 +29,11 @@ import torch
 
 from precipfast.benchmarks._emit import emit, time_calls, time_cuda
 from precipfast.config import SamplerConfig, TransformConfig
-from precipfast.kernels.heun_residual import STEP_IMPLS, NoiseWindow, get_step_impl
+from precipfast.runtime.engines.bundle import load_denoisers
 from precipfast.kernels._triton import unavailable_reason
+from precipfast.kernels.heun_residual import STEP_IMPLS, NoiseWindow, get_step_impl
+from precipfast.runtime.sampling.ensemble import Tiling, sample_ensemble
+from precipfast.runtime.sampling.pipeline import Pipeline
 
 SIZES = {"tiles_30x128": (30, 128, 128), "conus_1x3500x7000": (1, 3500, 7000)}
 T_HAT, T_NEXT = 1.7, 0.93
@@ -126,8 +129,6 @@ class _TimedStep:
 
 
 def bench_share(device: str, impls, members: int, hw, steps: int, backend: str) -> list[dict]:
-    from precipfast.runtime.sampling.ensemble import sample_ensemble
-    from precipfast.runtime.sampling.pipeline import Pipeline
     pipe = Pipeline.from_bundle(None, backend=backend, device=device, stages=["downscaling"])
     run = pipe.stages["downscaling"]
     dev = torch.device(device)
@@ -172,9 +173,7 @@ def _vm(field: str) -> int:
 
 def memory_child(impl: str, members: int, hw, steps: int, denoiser: str) -> dict:
     """One sample in this process; peak RSS above the RSS just before sampling."""
-    from precipfast.runtime.sampling.ensemble import Tiling, sample_ensemble
     if denoiser == "shipped":
-        from precipfast.export.bundle import load_denoisers
         net = load_denoisers()["downscaling"]
         den = torch.inference_mode()(net.forward)
     else:  # an element-wise stand-in that isolates the sampler's own state from a network's working set:

@@ -13,19 +13,20 @@ import time
 import numpy as np
 import torch
 
+from precipfast import edm, noise
 from precipfast.benchmarks._emit import emit
+from precipfast.grid import upsample
 from precipfast.options import BenchOptions
+from precipfast.runtime.engines.bundle import default_bundle_path, load_denoisers, open_bundle
+from precipfast.runtime.files.reader import read_input
+from precipfast.runtime.sampling.pipeline import Pipeline
+from precipfast.transform import forward, inverse
 
 DEFAULTS = BenchOptions()
 
 
 def plain_loop(bundle, lr: np.ndarray, members: int, steps: int | None, seed: int) -> np.ndarray:
     """The baseline: eager torch, one member at a time, both stages, float32, global-grid noise."""
-    from precipfast import edm
-    from precipfast.runtime.engines.bundle import load_denoisers
-    from precipfast.grid import upsample
-    from precipfast import noise
-    from precipfast.transform import forward, inverse
     dens = load_denoisers(bundle)
     tr, f = bundle.transform, int(bundle.manifest["scale_factor"])
     x_sat = forward(torch.from_numpy(np.nan_to_num(lr)), tr).view(1, 1, *lr.shape)
@@ -66,8 +67,6 @@ def _peak_rss_gib() -> float:
 
 def bench(model=None, *, lr_hw=DEFAULTS.lr_hw, members=DEFAULTS.members, steps=DEFAULTS.steps, seed=DEFAULTS.seed,
           backend=DEFAULTS.backend, device=DEFAULTS.device, data_dir=DEFAULTS.data, repeat=1) -> list[dict]:
-    from precipfast.runtime.engines.bundle import default_bundle_path, open_bundle
-    from precipfast.runtime.sampling.pipeline import Pipeline
     bundle = open_bundle(model or default_bundle_path())
     lr, source = _field(lr_hw, data_dir)
     pipe = Pipeline.from_bundle(bundle.path, backend=backend, device=device)
@@ -116,7 +115,6 @@ def _field(hw, data_dir):
     from pathlib import Path
     src = Path(data_dir) / "imerg_samples.h5"
     if src.is_file():
-        from precipfast.runtime.files.reader import read_input
         f = read_input(src, variable="v06b_final_conus_20170103T1100/precipitationCal")
         p = f.precip[0]
         h, w = hw

@@ -13,6 +13,10 @@ import json
 
 import numpy as np
 
+from precipfast.runtime.files.reader import read_input
+from precipfast.train.data import PairDataset
+from precipfast.train.recipe import configs
+
 DRY_MM_H = 0.1      # below this a pixel is dry (the quick-look's white)
 WET_MM_H = 1.0      # the input and its 8 neighbours at least this: inside rain
 EDGE_PX = 2         # the outermost coarse pixels are left out (the crop-edge failure mode)
@@ -41,8 +45,6 @@ def pairs_share(data_dir: str, split: str, batches: int = 20, batch_size: int = 
     """Dry share of the radar truth over `batches` batches of the correction stage's pairs of a split."""
     import torch
 
-    from precipfast.train.data import PairDataset
-    from precipfast.train.recipe import configs
 
     data = PairDataset(configs("correction")["data"], "correction", split, data_dir)
     gen = torch.Generator().manual_seed(seed)
@@ -61,7 +63,6 @@ def members_share(sample_path: str, input_path: str, variable: str | None = None
     the input it was made from (read on the output's coarse grid)."""
     import h5py
 
-    from precipfast.runtime.files.reader import read_input
 
     with h5py.File(sample_path, "r") as f:
         if "corrected_lr" not in f:

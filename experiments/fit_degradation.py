@@ -30,8 +30,8 @@ import torch
 
 from precipfast.config import DegradationConfig
 from precipfast.errors import InputFormatError
-from precipfast.train.sources import available_sources, coarse_frames, load_source, resolve_data_dir
 from precipfast.train.degrade import degradation_stats, degrade
+from precipfast.train.sources import available_sources, coarse_frames, load_source, resolve_data_dir
 
 IMERG_FILE = "imerg_samples.h5"
 IMERG_FIELDS = {

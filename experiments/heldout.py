@@ -29,13 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from precipfast.config import DegradationConfig
+from experiments.qmap import fit_quantile_map
+from precipfast.config import DegradationConfig, TransformConfig
 from precipfast.edm import karras_sigmas, sample
 from precipfast.grid import coarsen, upsample
-from precipfast.verify.scores import crps_ensemble, nanmean, psd_band_ratio, psd_radial, spread_skill
+from precipfast.train.checkpoint import load_checkpoint, read_config
 from precipfast.train.degrade import degrade
 from precipfast.train.sources import load_source
 from precipfast.transform import forward, inverse
+from precipfast.verify.scores import crps_ensemble, nanmean, psd_band_ratio, psd_radial, spread_skill
 
 CASES = {"qpe/20160922": (3, 9, 15, 21), "mrms/conus": (0, 1), "fmi/fmi_20170509": (1, 4),
          "bom/bom_2_20180616": (2, 8)}
@@ -94,7 +96,6 @@ def run(ckpt: Path, data_dir, *, members: int = 8, steps_list=(4, 6, 8, 12, 18),
         schedule: dict | None = None, context: int = CONTEXT) -> dict:
     """schedule: sampler settings of the downscaling stage that replace its checkpoint's (sigma_max, rho);
     context: coarse pixels of satellite-like field around a window that the correction stage sees."""
-    from precipfast.train.checkpoint import load_checkpoint
     down, dcfg = load_checkpoint(ckpt / "downscaling")
     dcfg["sampler"] = {**dcfg["sampler"], **(schedule or {})}
     corrections = correction_designs(ckpt, corrections)
@@ -129,7 +130,6 @@ def iter_cases(data_dir, f: int, deg: DegradationConfig, cases=None, max_windows
 
 def fitted_error_model(ckpt) -> tuple[DegradationConfig, int]:
     """(the fitted satellite-error model, the scale factor) recorded in the downscaling checkpoint's config."""
-    from precipfast.train.checkpoint import read_config
     data = read_config(Path(ckpt) / "downscaling")["data"]
     return DegradationConfig(**data["degradation"]), int(data["scale_factor"])
 
@@ -144,7 +144,6 @@ def correction_designs(ckpt: Path, names: tuple[str, ...] | None = None) -> dict
     correction_*): "regression" for a regression mean, "diffusion" for an EDM ensemble of corrections,
     "regression+diffusion" for CorrDiff's regression mean plus diffusion on its remainder, "crps" for a
     CRPS-trained generator (one evaluation a member), named by its directory (correction_crps -> crps)."""
-    from precipfast.train.checkpoint import load_checkpoint
     out = {}
     for d in sorted(ckpt.glob("correction*")) if names is None else [ckpt / n for n in names]:
         if (d / "config.json").is_file():
@@ -171,7 +170,6 @@ def correct(den, cfg: dict, ctx: torch.Tensor, tcfg, members: int, seed: int) ->
 
 
 def _transform(cfg):
-    from precipfast.config import TransformConfig
     return TransformConfig(**cfg["data"]["transform"])
 
 
@@ -311,14 +309,12 @@ def main(argv=None) -> None:
     if args.context < 0:
         ap.error(f"--context must be >= 0 coarse pixels, got {args.context}")
     torch.set_num_threads(1)
-    from experiments.qmap import fit_quantile_map
     qmap = fit_quantile_map(args.data)
     steps = tuple(int(s) for s in args.steps.split(","))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     deg, label = None, "heldout"
     if args.perturb:
-        from precipfast.train.checkpoint import read_config
         fitted = DegradationConfig(**read_config(Path(args.ckpt) / "downscaling")["data"]["degradation"])
         deg, label, steps = dataclasses.replace(fitted, **PERTURBATIONS[args.perturb]), f"heldout_{args.perturb}", \
             (args.default_steps,)

@@ -26,12 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from experiments.heldout import SIZE, fitted_error_model, iter_cases
+from experiments.shift_oracle import case_scores, frame_shift
 from precipfast.config import DegradationConfig
 from precipfast.grid import upsample
-from precipfast.verify.scores import crps_ensemble
+from precipfast.runtime.engines.bundle import default_bundle_path, open_bundle
 from precipfast.runtime.files.reader import CONTEXT_PX, Context, InputField
-from experiments.heldout import SIZE, fitted_error_model, iter_cases
-from experiments.oracle import case_scores, frame_shift
+from precipfast.runtime.sampling.pipeline import Origin, Pipeline
+from precipfast.verify.scores import crps_ensemble
 
 ROUTES = ("shipped", "one_tile_no_context")
 
@@ -69,7 +71,6 @@ def score(res: dict, truth: torch.Tensor, lr: np.ndarray) -> dict:
 
 def _bundle_and_errors(bundle, ckpt):
     """(the opened bundle, its scale factor, the fitted satellite-error model in ckpt's config)."""
-    from precipfast.runtime.engines.bundle import default_bundle_path, open_bundle
     b = open_bundle(bundle or default_bundle_path())
     return b, int(b.manifest["scale_factor"]), fitted_error_model(ckpt)[0]
 
@@ -81,7 +82,6 @@ def run(data_dir, *, members: int = 8, seeds=(0,), bundle=None, ckpt="checkpoint
     draw of that model degrades the frames (iter_cases; one displacement a frame, so 8 frames are only 8
     draws of the largest error term); degradation: another error model instead; routes=(): the baselines
     and the oracle alone (experiments/oracle.py floor)."""
-    from precipfast.runtime.sampling.pipeline import Pipeline
     b, f, deg = _bundle_and_errors(bundle, ckpt)
     deg = degradation or deg
     rows = []
@@ -124,7 +124,6 @@ def correction_domains(data_dir, *, members: int = 32, seed: int = 5, bundle=Non
     """The correction stage alone on each case's crop run in each of DOMAINS: its coarse fair CRPS over
     the input's MAE, overall and by ring (0 = the crop's outermost coarse pixels). Noise is keyed by
     global pixel, so every domain draws the same latents at the same pixel."""
-    from precipfast.runtime.sampling.pipeline import Origin, Pipeline
     b, f, deg = _bundle_and_errors(bundle, ckpt)
     n = SIZE // f
     ii, jj = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")

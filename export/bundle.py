@@ -16,8 +16,11 @@ from pathlib import Path
 from precipfast import _version
 from precipfast.config import STAGES, EDMConfig, SamplerConfig, TransformConfig, UNetConfig, from_dict, to_dict
 from precipfast.errors import EngineMismatchError, InputFormatError, OutputError
-from precipfast.runtime.engines.bundle import (BASE_COND, FORMAT, FORMAT_VERSION, MANIFEST, PARITY, sha256_file,
-                                       validate_manifest)
+from precipfast.export.onnx import export_onnx
+from precipfast.runtime.engines.bundle import BASE_COND, FORMAT, FORMAT_VERSION, MANIFEST, PARITY, validate_manifest
+from precipfast.runtime.engines.parity import parity_report, summary_line
+from precipfast.runtime.files.digest import sha256_file
+from precipfast.train.checkpoint import load_checkpoint
 
 
 def _stage_entry(stage: str, denoiser, cfg: dict, cond_names) -> dict:
@@ -106,7 +109,6 @@ def write_bundle(out_dir, stages: dict, *, name: str, model_version: str, scale_
 
 def _export_stage(den, entry: dict, tmp: Path, parity: bool) -> dict | None:
     """Write <stage>.onnx; run the parity check and refuse the bundle when it fails."""
-    from precipfast.export.onnx import export_onnx
 
     unet = from_dict(UNetConfig, entry["unet"])
     rel = entry["weights"].replace(".safetensors", ".onnx")
@@ -114,7 +116,6 @@ def _export_stage(den, entry: dict, tmp: Path, parity: bool) -> dict | None:
     entry["onnx"] = rel
     if not parity:
         return None
-    from precipfast.runtime.engines.parity import parity_report, summary_line
     report = parity_report(den, tmp / rel)
     if not report["passed"]:
         raise EngineMismatchError(f"{rel}: {summary_line(report)}; the exported graph disagrees with torch")
@@ -151,7 +152,6 @@ def export_checkpoints(ckpt_dirs, out_dir, *, name: str = "precipfast", model_ve
 
     The stages must agree on data.scale_factor, data.pooling, data.transform and data.hr_pixel_km; the
     coarse pixel is hr_pixel_deg * scale_factor. `which` picks the "ema" (default) or "model" weights."""
-    from precipfast.train.checkpoint import load_checkpoint
 
     stages, data = {}, {}
     for d in ckpt_dirs:

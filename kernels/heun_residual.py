@@ -36,8 +36,7 @@ import torch
 
 from precipfast import edm
 from precipfast.errors import KernelUnavailableError
-from precipfast.kernels._triton import BLOCK, LAUNCH, interpreting, lazy_jit, libdevice, tl, triton
-from precipfast.kernels._triton import unavailable_reason
+from precipfast.kernels._triton import BLOCK, LAUNCH, interpreting, lazy_jit, libdevice, tl, triton, unavailable_reason
 from precipfast.kernels.philox_noise import NoiseWindow, member_noise, member_noise_inplace, member_noise_reference
 from precipfast.transform import inverse
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from precipfast.kernels._triton import BLOCK, LAUNCH, interpreting, lazy_jit, libdevice, tl, triton
 from precipfast import noise as pf_noise
+from precipfast.kernels._triton import BLOCK, LAUNCH, interpreting, lazy_jit, libdevice, tl, triton
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,15 @@ import click
 from precipfast._version import __version__
 from precipfast.config import DataConfig, TrainConfig, UNetConfig
 from precipfast.errors import PrecipfastError
-from precipfast.options import (BenchOptions, DemoOptions, SampleOptions, ValidateOptions, flag_of, fmt_number,
-                                parse_list)
+from precipfast.options import (
+    BenchOptions,
+    DemoOptions,
+    SampleOptions,
+    ValidateOptions,
+    flag_of,
+    fmt_number,
+    parse_list,
+)
 
 
 def _friendly(fn):
@@ -126,11 +133,11 @@ def train(stage, data_dir, out_dir, steps, batch_size, lr, warmup_steps, ema_hal
           checkpoint_every, seed, threads, device, resume, quiet):
     """Train one stage on real radar (correction: degraded coarse -> coarse; downscaling: coarse -> 1 km)."""
     import torch
+
     from precipfast.config import EDMConfig, SamplerConfig
+    from precipfast.runtime.engines.choices import check_device_name
     from precipfast.train.data import PairDataset, residual_std
     from precipfast.train.loop import train as run_train
-
-    from precipfast.runtime.engines.device import check_device_name
 
     # Every setting is checked before any data is read.
     data_cfg = DataConfig(pooling=pooling, patch_hr=patch_hr, patch_lr=patch_lr)
@@ -218,7 +225,8 @@ def demo(**settings):
 def validate(**settings):
     """Verify the ensemble on held-out real radar: CRPS, MAE/RMSE/correlation, spread/skill and the
     2-20 km power spectrum against bilinear upsampling. Prints the metrics as JSON."""
-    from precipfast.jobs.validate import summary, validate as run_validate
+    from precipfast.jobs.validate import summary
+    from precipfast.jobs.validate import validate as run_validate
     opts = _build(ValidateOptions, settings)
     progress = None if opts.quiet else (lambda msg: click.echo(msg, err=True))
     click.echo(json.dumps(summary(run_validate(opts, progress=progress)), indent=2))

@@ -9,11 +9,11 @@ import torch
 from precipfast.config import EDMConfig, UNetConfig
 from precipfast.edm import Preconditioned
 from precipfast.errors import EngineMismatchError
+from precipfast.unet import UNet
 
 
 def build_denoiser(unet_cfg: UNetConfig, edm_cfg: EDMConfig) -> Preconditioned:
     """The EDM-preconditioned U-Net D(x, sigma, cond) for the given configs (random weights)."""
-    from precipfast.unet import UNet
     mean_net = UNet(unet_cfg) if edm_cfg.kind == "mean+edm" else None   # CorrDiff's regression mean
     return Preconditioned(UNet(unet_cfg), edm_cfg.sigma_data, edm_cfg.kind, edm_cfg.denoised_max, mean_net)
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from precipfast.config import DEFAULT_OVERLAP, DEFAULT_TILE, STAGES
+from precipfast.runtime.engines.choices import check_backend_name, check_device_name, check_precision
+from precipfast.runtime.files.latlon import check_bbox
 
 SEED_MAX = 2 ** 32 - 1   # time slice t samples with seed + t * 2^32 (precipfast/noise.py): seeds fill the low word
 
@@ -80,8 +82,6 @@ def parse_stages(stages) -> tuple[str, ...] | None:
 
 def _common_checks(opts) -> None:
     check_ranges(opts)
-    from precipfast.runtime.engines.backends import check_backend_name
-    from precipfast.runtime.engines.device import check_device_name
     check_backend_name(opts.backend)
     check_device_name(opts.device)
     if opts.overlap >= opts.tile:
@@ -167,11 +167,9 @@ class SampleOptions:
     quiet: bool = _quiet()
 
     def __post_init__(self):
-        from precipfast.runtime.engines.backends import check_precision
         check_precision(self.precision)
         object.__setattr__(self, "stages", parse_stages(self.stages))
         if self.bbox is not None:
-            from precipfast.runtime.files.latlon import check_bbox
             box = parse_list(self.bbox, float, "--bbox")
             if len(box) != 4:
                 raise ValueError(f"--bbox must be S,N,W,E in degrees (e.g. 35,40,-100,-95), got {self.bbox!r}")
@@ -274,8 +272,6 @@ class BenchOptions:
             if len(getattr(self, name)) != 2:
                 raise ValueError(f"--{name.replace('_', '-')} must be two integers H W, got {getattr(self, name)}")
         check_ranges(self)
-        from precipfast.runtime.engines.backends import check_backend_name
-        from precipfast.runtime.engines.device import check_device_name
         check_backend_name(self.backend)
         check_device_name(self.device)
 

@@ -19,8 +19,16 @@ import torch
 from precipfast.config import DataConfig
 from precipfast.grid import coarsen, upsample
 from precipfast.train.degrade import WET_MM_H, degrade
-from precipfast.train.sources import (available_sources, check_names, load_coarse, load_packed, load_source,
-                                      resolve_data_dir, unpack, QPE_SCALE)
+from precipfast.train.sources import (
+    QPE_SCALE,
+    available_sources,
+    check_names,
+    load_coarse,
+    load_packed,
+    load_source,
+    resolve_data_dir,
+    unpack,
+)
 from precipfast.transform import forward
 
 __all__ = ["PairDataset", "residual_std", "available_sources", "load_source", "resolve_data_dir"]

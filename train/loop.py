@@ -15,14 +15,14 @@ import torch
 from tqdm import tqdm
 
 from precipfast import _version
-from precipfast.config import (DataConfig, EDMConfig, SamplerConfig, TrainConfig, UNetConfig, to_dict)
+from precipfast.config import DataConfig, EDMConfig, SamplerConfig, TrainConfig, UNetConfig, to_dict
 from precipfast.denoiser import build_denoiser, load_weights
 from precipfast.edm import karras_sigmas, sample
-from precipfast.verify.scores import crps_ensemble, nanmean
 from precipfast.runtime.engines.device import resolve_device
 from precipfast.train.checkpoint import load_optimizer_state, read_config, save_checkpoint
 from precipfast.train.loss import batch_loss
 from precipfast.transform import inverse
+from precipfast.verify.scores import crps_ensemble, nanmean
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from precipfast.config import EDMConfig, TrainConfig, TransformConfig
 from precipfast.edm import Denoiser, edm_loss, training_sigmas
-from precipfast.verify.scores import crps_ensemble
 from precipfast.transform import inverse
+from precipfast.verify.scores import crps_ensemble
 
 CRPS_MEMBERS = 4   # members per training sample of a "crps" stage (AIFS-CRPS trains with 2-4)
 

@@ -21,12 +21,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 
 import torch
 
-from precipfast.config import DataConfig, EDMConfig, SamplerConfig, TrainConfig, UNetConfig
+from precipfast.config import DataConfig, EDMConfig, SamplerConfig, TrainConfig, UNetConfig, from_dict
+from precipfast.train.checkpoint import load_checkpoint, read_config
 from precipfast.train.data import PairDataset
+from precipfast.train.loop import train
 
 MARGIN = 0.5   # working-space headroom above the largest training residual (x1.65 in rate)
 ONE_SHOT = ("regression", "crps")   # kinds sampled with one evaluation (edm.karras_sigmas(1))
@@ -84,7 +85,6 @@ def regression_mean(ckpt_dir, prefix: str = "mean_net") -> tuple[torch.nn.Module
     """The regression network of a regression checkpoint: (its raw U-Net, its weights named as the
     `prefix`.* parameters of edm.Preconditioned): mean_net.* is the frozen mean of a "mean+edm" stage,
     net.* the starting weights of a "crps" generator."""
-    from precipfast.train.checkpoint import load_checkpoint
     den, cfg = load_checkpoint(ckpt_dir)
     if cfg["edm"].get("kind") != "regression":
         flag = "--mean" if prefix == "mean_net" else "--init"
@@ -93,9 +93,6 @@ def regression_mean(ckpt_dir, prefix: str = "mean_net") -> tuple[torch.nn.Module
 
 
 def main(argv=None) -> None:
-    from precipfast.config import from_dict
-    from precipfast.train.checkpoint import read_config
-    from precipfast.train.loop import train
     from pathlib import Path
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

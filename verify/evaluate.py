@@ -30,11 +30,29 @@ import numpy as np
 import torch
 
 from precipfast.errors import InputFormatError, OutputError
-from precipfast.verify.scores import (box_sum, crps_ensemble, fss_sums, neighbourhood_mean, psd_band_ratio, psd_radial,
-                                rank_histogram, rank_histogram_flatness)
-from precipfast.verify.truth import (EnsembleFile, check_ensemble_file, coarse_grid, iso, match_times,
-                                            mean_pool, read_coarse_input, read_truth, regrid, select_times)
 from precipfast.verify.report import format_table, plot_verification
+from precipfast.verify.scores import (
+    box_sum,
+    crps_ensemble,
+    fss_sums,
+    neighbourhood_mean,
+    psd_band_ratio,
+    psd_radial,
+    rank_histogram,
+    rank_histogram_flatness,
+)
+from precipfast.verify.truth import (
+    EnsembleFile,
+    check_ensemble_file,
+    coarse_grid,
+    iso,
+    match_times,
+    mean_pool,
+    read_coarse_input,
+    read_truth,
+    regrid,
+    select_times,
+)
 
 __all__ = ["verify", "run", "format_table", "plot_verification", "BASELINES"]
 

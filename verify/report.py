@@ -68,7 +68,6 @@ def plot_verification(result: dict, out_png) -> Path:
     import matplotlib.ticker
     from matplotlib.colors import LogNorm
 
-    from precipfast.jobs.quicklook import save_figure
 
     fig = plt.figure(figsize=(18, 10), constrained_layout=True)
     gs = fig.add_gridspec(2, 12)
@@ -143,3 +142,14 @@ def plot_verification(result: dict, out_png) -> Path:
     t0 = (result.get("times_iso") or result.get("times") or [""])[0]
     return save_figure(fig, Path(out_png), f"{Path(result['ensemble']).name} vs {Path(result['truth']).name}"
                        f" ({result['members']} members; maps: time {t0})")
+
+
+def save_figure(fig, path, title: str = "") -> Path:
+    """Title, write as PNG, close (matplotlib keeps every open figure alive)."""
+    import matplotlib.pyplot as plt
+    if title:
+        fig.suptitle(title)
+    out = Path(path)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

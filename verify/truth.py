@@ -16,7 +16,8 @@ import h5py
 import numpy as np
 
 from precipfast.errors import InputFormatError
-from precipfast.runtime.files.reader import file_sha256, read_input
+from precipfast.runtime.files.digest import sha256_file
+from precipfast.runtime.files.reader import read_input
 
 COARSE_DEG = 0.1           # the model's coarse pixel (IMERG), when neither file records the coarse grid
 
@@ -180,16 +181,16 @@ def read_coarse_input(ens: EnsembleFile, input_path, variable, notes):
                          f"nearest baselines are skipped (pass --input)")
             return None
         sha = str(ens.attrs.get("input_sha256", "") or "")
-        if sha and sha != "none" and file_sha256(path) != sha:
+        if sha and sha != "none" and sha256_file(path) != sha:
             raise InputFormatError(f"input '{path}' recorded in the ensemble has changed since sampling (sha256 "
-                                   f"{file_sha256(path)[:12]}..., recorded {sha[:12]}...); expected the file the "
+                                   f"{sha256_file(path)[:12]}..., recorded {sha[:12]}...); expected the file the "
                                    f"ensemble was sampled from: pass it with --input")
         recorded_var = str(ens.attrs.get("input_variable", "") or "")
         variable = variable or (recorded_var if recorded_var not in ("", "none") else None)
     else:
         path = Path(input_path)
         sha = str(ens.attrs.get("input_sha256", "") or "")
-        if path.is_file() and sha not in ("", "none") and file_sha256(path) != sha:
+        if path.is_file() and sha not in ("", "none") and sha256_file(path) != sha:
             notes.append(f"input '{path}' is not the file the ensemble was sampled from (its sha256 differs from "
                          f"the recorded one): the baselines upsample this file")
     if ens.lat_lr is not None and ens.lon_lr is not None and len(ens.lat_lr) > 1 and len(ens.lon_lr) > 1:

@@ -7,10 +7,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from precipfast.options import DemoOptions
 from precipfast.jobs.demo_input import write_demo_input
 from precipfast.jobs.quicklook import quicklook
 from precipfast.jobs.sample import run_sample
+from precipfast.options import DemoOptions
 
 DEMO_THRESHOLD_MM_H = 1.0
 

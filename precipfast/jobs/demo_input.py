@@ -14,6 +14,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from precipfast.runtime.files.input_writer import write_precipfast_input
+from precipfast.runtime.files.reader import read_input
+
 IMERG_SAMPLES = Path("../shared/data/imerg_samples.h5")
 DEMO_SOURCE_VARIABLE = "v06b_final_conus_20170103T1100/precipitationCal"
 DEMO_BBOX = (38.5, 40.5, -82.5, -80.5)  # south, north, west, east (degrees)
@@ -22,9 +25,7 @@ DEMO_TIME = 1483441200                  # 2017-01-03T11:00Z
 
 def write_demo_input(out, imerg_samples=IMERG_SAMPLES) -> tuple[Path, str]:
     """Write the demo input to `out`; returns (path, description for the quick-look title)."""
-    from precipfast.runtime.files.input_writer import write_precipfast_input
     if Path(imerg_samples).is_file():
-        from precipfast.runtime.files.reader import read_input
         field = read_input(imerg_samples, variable=DEMO_SOURCE_VARIABLE, bbox=DEMO_BBOX)
         path = write_precipfast_input(out, field.precip, field.lat, field.lon, times=field.times)
         source = "IMERG V06B 2017-01-03 11:00Z"

@@ -8,12 +8,14 @@ import h5py
 import numpy as np
 
 from precipfast.errors import InputFormatError
+from precipfast.runtime.engines.backends import available_backends
+from precipfast.runtime.engines.bundle import default_bundle_path, open_bundle
+from precipfast.runtime.files.reader import read_input
 
 
 def describe(path=None, show_backends: bool = False) -> dict:
     """Summary dict of a bundle directory (default: the shipped bundle), an output HDF5 file ({"output":
     ...}) or an input file `precipfast sample` accepts ({"input": ...})."""
-    from precipfast.runtime.engines.bundle import default_bundle_path, open_bundle
     info: dict = {}
     p = Path(path) if path else default_bundle_path()
     if not p.exists():
@@ -35,7 +37,6 @@ def describe(path=None, show_backends: bool = False) -> dict:
                                      for s, st in m["stages"].items()},
                           "files": m["files"]}
     if show_backends or not path:
-        from precipfast.runtime.engines.backends import available_backends
         info["backends"] = {name: {"available": ok, "reason": why}
                             for name, (ok, why) in available_backends().items()}
     return info
@@ -50,7 +51,6 @@ def _describe_file(p: Path) -> dict:
         is_output = isinstance(f.get("precip"), h5py.Dataset) and f["precip"].ndim == 4 and "model_sha256" in f.attrs
     if is_output:
         return {"output": read_output(p)}
-    from precipfast.runtime.files.reader import read_input
     field = read_input(p)
     valid = field.precip[~np.isnan(field.precip)]
     times = (None if field.times is None else

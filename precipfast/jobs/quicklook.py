@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from precipfast.verify.report import save_figure
+
 
 def quicklook(path, lr: np.ndarray, corrected_lr: np.ndarray, members: np.ndarray, mean: np.ndarray,
               exceed: np.ndarray, threshold_mm_h: float, extent_lr=None, extent=None, title: str = "") -> Path:
@@ -35,14 +37,3 @@ def quicklook(path, lr: np.ndarray, corrected_lr: np.ndarray, members: np.ndarra
     for ax in axes[len(panels) + 1:]:
         ax.axis("off")
     return save_figure(fig, path, title)
-
-
-def save_figure(fig, path, title: str = "") -> Path:
-    """Title, write as PNG, close (matplotlib keeps every open figure alive)."""
-    import matplotlib.pyplot as plt
-    if title:
-        fig.suptitle(title)
-    out = Path(path)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out

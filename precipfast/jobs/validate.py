@@ -24,9 +24,22 @@ import torch
 
 from precipfast.config import DegradationConfig
 from precipfast.grid import coarsen, upsample
-from precipfast.verify.scores import (crps_ensemble, mae, nanmean, pearson, psd_band_ratio, psd_radial, rmse,
-                                spread_skill)
+from precipfast.jobs.quicklook import save_figure
+from precipfast.noise import time_seed
 from precipfast.options import ValidateOptions
+from precipfast.runtime.sampling.pipeline import Pipeline
+from precipfast.train.degrade import degrade
+from precipfast.train.sources import load_source
+from precipfast.verify.scores import (
+    crps_ensemble,
+    mae,
+    nanmean,
+    pearson,
+    psd_band_ratio,
+    psd_radial,
+    rmse,
+    spread_skill,
+)
 
 BAND_KM = (2.0, 20.0)   # scales interpolation cannot recover and the ensemble must (MISSION.md)
 WET_MM_H = 0.1          # "wet" threshold of shared/data/README.md; picks the window to verify
@@ -41,10 +54,6 @@ def validate(opts: ValidateOptions = ValidateOptions(), *, degradation: Degradat
     largest NaN-free square. Frame t is sampled with `noise.time_seed(seed, t)`. Returns per-frame and
     aggregate scores (mm/h), the mean spectra and "beats_bilinear" (aggregate CRPS < bilinear MAE); with
     opts.out, also writes metrics.json and validate.png there."""
-    from precipfast.noise import time_seed
-    from precipfast.runtime.sampling.pipeline import Pipeline
-    from precipfast.train.sources import load_source
-    from precipfast.train.degrade import degrade
 
     say = progress or (lambda msg: None)
     t_start = time.perf_counter()
@@ -237,8 +246,8 @@ def plot_validation(path, truth: np.ndarray, lr: np.ndarray, bilinear: np.ndarra
     lr (h, w)) and the RAPSD of truth, mean member and bilinear (log-log, the 2-20 km band shaded)."""
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.ticker
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     from matplotlib.colors import LogNorm
 
     cmap = plt.get_cmap("turbo").with_extremes(under="white", bad="lightgrey")
@@ -271,5 +280,4 @@ def plot_validation(path, truth: np.ndarray, lr: np.ndarray, bilinear: np.ndarra
     ax.set_ylabel("power (mm/h)$^2$")
     ax.set_title("radially averaged power spectrum", fontsize=10)
     ax.legend(fontsize=8)
-    from precipfast.jobs.quicklook import save_figure
     return save_figure(fig, path, title)

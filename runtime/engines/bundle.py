@@ -12,7 +12,6 @@ fails with one clear line instead of wrong rain.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -21,8 +20,11 @@ from pathlib import Path
 
 from precipfast import _version
 from precipfast.config import STAGES, EDMConfig, SamplerConfig, TransformConfig, UNetConfig, from_dict
+from precipfast.denoiser import build_denoiser, load_weights
 from precipfast.errors import EngineMismatchError, PrecipfastError
 from precipfast.runtime.engines.bundle_check import check_closed_world, check_stage_pairs, read_parity_report
+from precipfast.runtime.engines.parity import live_pair_check
+from precipfast.runtime.files.digest import sha256_file
 
 FORMAT = "precipfast-bundle"
 FORMAT_VERSION = 1
@@ -32,14 +34,6 @@ BASE_COND = {"correction": "precip_lr", "downscaling": "precip_up"}  # first con
 STAGE_KEYS = ("unet", "edm", "sampler", "cond_channels", "weights")
 TOP_KEYS = ("name", "model_version", "scale_factor", "lr_pixel_deg", "hr_pixel_deg", "pooling",
             "transform", "stages", "files")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -114,7 +108,6 @@ def open_bundle(path) -> Bundle:
         raise EngineMismatchError(f"{mpath} is not valid JSON ({e})") from None
     validate_manifest(root, manifest)
     # An ONNX graph is trusted as the pair its export's parity check vouched for, or after a live check.
-    from precipfast.runtime.engines.parity import live_pair_check
     check_stage_pairs(root, manifest, read_parity_report(root, manifest), live_pair_check(root, manifest["files"]))
     return Bundle(root, manifest)
 
@@ -203,7 +196,6 @@ def _check_tile(stage: str, tile) -> None:
 
 def load_denoiser(bundle, stage: str):
     """The torch denoiser D of one stage (eval mode, CPU), from the bundle's safetensors."""
-    from precipfast.denoiser import build_denoiser, load_weights
 
     b = open_bundle(bundle)
     den = build_denoiser(b.unet(stage), b.edm(stage))
@@ -228,8 +220,7 @@ def default_bundle_path(must_exist: bool = True) -> Path:
 
 def _package_dir() -> Path:
     """The installed `precipfast` package directory (holds bundles/ and data/)."""
-    import precipfast
-    return Path(precipfast.__file__).parent
+    return Path(_version.__file__).parent
 
 
 def onnx_io_shapes(path: str | os.PathLike) -> dict[str, list]:

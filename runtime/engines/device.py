@@ -1,19 +1,9 @@
 """Device names: "auto", "cpu", "cuda" or "cuda:N", resolved once to a torch.device that keeps its index."""
 from __future__ import annotations
 
-import re
-
 import torch
 
-_NAME = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
-
-
-def check_device_name(name: str) -> str:
-    """The name itself, or ValueError naming --device: auto, cpu, cuda or cuda:N."""
-    m = _NAME.match(str(name))
-    if m is None or (m.group(2) is not None and m.group(1) != "cuda"):
-        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    return str(name)
+from precipfast.runtime.engines.choices import check_device_name
 
 
 def resolve_device(name) -> torch.device:

@@ -17,6 +17,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from precipfast.config import EDMConfig, UNetConfig, from_dict
+from precipfast.denoiser import build_denoiser, load_weights
+from precipfast.runtime.engines.onnxruntime_backend import ort_session
+
 # Pass threshold on the relative error. Both sides compute the same float32 graph; they differ only in
 # summation order (MLAS vs oneDNN convolution/GEMM blocking, fused Conv+activation, GroupNorm lowered to
 # InstanceNormalization, graph rewrites). Each reordering perturbs a sum of K products by about
@@ -59,8 +63,6 @@ def parity_report(denoiser: torch.nn.Module, onnx_path: str | os.PathLike, *,
     tuples when given. Every synthetic (batch, H, W) case covers all of SIGMA_PROBE, in as many calls as
     the batch needs. Returns a JSON-ready dict with per-case errors, the tolerance and `passed`."""
     import onnxruntime as ort
-
-    from precipfast.runtime.engines.backends import ort_session
 
     sess = ort_session(onnx_path, "cpu")
     shapes = {i.name: i.shape for i in sess.get_inputs()}
@@ -146,8 +148,6 @@ def live_pair_check(root, files: dict):
     if importlib.util.find_spec("onnxruntime") is None:  # no import: it costs a second, and is rarely needed
         return None
 
-    from precipfast.config import EDMConfig, UNetConfig, from_dict
-    from precipfast.denoiser import build_denoiser, load_weights
 
     def check(stage: str, entry: dict) -> dict:
         key = (os.path.realpath(root), stage, files.get(entry["weights"]), files.get(entry["onnx"]))

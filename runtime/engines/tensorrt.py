@@ -1,6 +1,6 @@
 """TensorRT engines built from a bundle stage's ONNX denoiser (TensorRT 10 Python API).
 
-One optimisation profile covers batch 1..max_batch and tiles 1..max_hw pixels a side, tuned for the
+One optimisation profile covers batch 1..max_batch and tiles 1..tile pixels a side, tuned for the
 full batch of full tiles (what the ensemble sampler sends). With fp16 on, the layers where half
 precision loses what the sampler needs stay float32: normalisation (GroupNorm's variance of ~10^3
 values), softmax (attention logits), reductions, and everything outside the U-Net, i.e. the EDM
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from precipfast.errors import EngineMismatchError
+from precipfast.runtime.engines.engine import Backend
 
 WORKSPACE_BYTES = 4 << 30  # builder scratch; tactics needing more are skipped, not failed
 
@@ -32,8 +33,8 @@ class EngineProfile:
     in_channels: int                        # channels of x
     cond_channels: int                      # channels of cond
     max_batch: int                          # largest batch (also the tuning batch): the run's images per call
-    max_hw: int                             # largest tile edge (also the tuning tile): the run's --tile
-    min_hw: int = 1                         # smallest tile edge (edge tiles of small domains)
+    tile: int                               # largest tile edge (also the tuning tile): the run's --tile
+    min_tile: int = 1                       # smallest tile edge (edge tiles of small domains)
     fp16: bool = True                       # fp16 kernels, with the float32 islands listed above
 
 
@@ -64,7 +65,7 @@ def build_engine(onnx_path: str | os.PathLike, profile: EngineProfile) -> bytes:
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         _keep_fp32_islands(network, trt)
     opt = builder.create_optimization_profile()
-    lo, hi = profile.min_hw, profile.max_hw
+    lo, hi = profile.min_tile, profile.tile
     for name, ch in (("x", profile.in_channels), ("cond", profile.cond_channels)):
         opt.set_shape(name, (1, ch, lo, lo), (profile.max_batch, ch, hi, hi), (profile.max_batch, ch, hi, hi))
     opt.set_shape("sigma", (1,), (profile.max_batch,), (profile.max_batch,))
@@ -109,7 +110,7 @@ class TensorRTRunner:
         for name, t in feed.items():
             if not self.context.set_input_shape(name, tuple(t.shape)):
                 raise EngineMismatchError(f"input {name} of shape {tuple(t.shape)} is outside the engine's "
-                                          "optimisation profile (raise max_batch / max_hw)")
+                                          "optimisation profile (raise max_batch / tile)")
             self.context.set_tensor_address(name, t.data_ptr())
         self.context.set_tensor_address("denoised", out.data_ptr())
         stream = torch.cuda.current_stream(self.device)
@@ -139,3 +140,14 @@ def load_or_build_engine(onnx_path: str | os.PathLike, profile: EngineProfile, b
         tmp.write_bytes(data)
         os.replace(tmp, path)
     return TensorRTRunner(blob, device, out_channels)
+
+
+class TensorRTBackend(Backend):
+    """A TensorRT engine built from the stage's ONNX (runtime/engines/tensorrt.py), cached on disk."""
+    name = "tensorrt"
+
+    def __init__(self, runner, device: torch.device, max_batch: int):
+        self.runner, self.device, self.max_batch = runner, device, max_batch
+
+    def __call__(self, x, sigma, cond):
+        return self.runner(x, sigma, cond)

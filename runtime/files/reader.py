@@ -44,7 +44,7 @@ import h5py
 import numpy as np
 
 from precipfast.errors import InputFormatError
-from precipfast.runtime.engines.bundle import sha256_file as file_sha256  # noqa: F401 (re-exported)
+from precipfast.runtime.files.digest import sha256_file
 from precipfast.runtime.files.latlon import check_bbox, crop, lat_order, lon_order, pixel_deg
 from precipfast.runtime.files.rates import rate_problem
 
@@ -147,7 +147,7 @@ def read_input(path, *, bbox=None, variable: str | None = None, check_size=None,
             ctx = Context(ext, top, bottom, left, right)
         times = _times(f, lay.group, precip.shape[0], fail)
         aux = _aux(f, len(lat_f), len(lon_f), rows, cols, fail) if lay.fmt == "precipfast" else {}
-    return InputField(precip, lat, lon, times, aux, lay.fmt, "/" + lay.var, pixel, file_sha256(path), str(path),
+    return InputField(precip, lat, lon, times, aux, lay.fmt, "/" + lay.var, pixel, sha256_file(path), str(path),
                       ctx)
 
 

@@ -36,7 +36,7 @@ import h5py
 import numpy as np
 
 from precipfast._version import __version__
-from precipfast.errors import InputFormatError, OutputError
+from precipfast.errors import OutputError
 from precipfast.runtime.files.signals import deferred
 
 DEFAULT_THRESHOLDS_MM_H = (0.1, 1.0, 5.0, 10.0, 20.0)

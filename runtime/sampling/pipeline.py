@@ -19,11 +19,16 @@ import torch
 from precipfast.config import STAGES, SamplerConfig
 from precipfast.errors import InputFormatError, SamplingError
 from precipfast.grid import upsample
-from precipfast.options import SampleOptions
-from precipfast.runtime.sampling import guard, memory
-from precipfast.runtime.sampling.ensemble import Tiling, sample_ensemble
+from precipfast.kernels.heun_residual import get_step_impl, step_impl_name
 from precipfast.noise import time_seed
+from precipfast.options import SampleOptions
+from precipfast.runtime.engines.backends import BackendOptions, get_backend, resolve_auto
+from precipfast.runtime.engines.bundle import default_bundle_path, open_bundle
+from precipfast.runtime.engines.device import resolve_device
 from precipfast.runtime.files.rates import rate_problem
+from precipfast.runtime.files.reader import expected_pixel_check
+from precipfast.runtime.sampling import guard, memory
+from precipfast.runtime.sampling.ensemble import Tiling, evaluations, images, sample_ensemble
 from precipfast.transform import forward, inverse
 
 
@@ -89,10 +94,6 @@ class Pipeline:
     @classmethod
     def from_options(cls, opts: SampleOptions) -> "Pipeline":
         """Open and check the bundle, resolve the device and backend once, and size the micro-batches."""
-        from precipfast.kernels.heun_residual import step_impl_name
-        from precipfast.runtime.engines.backends import BackendOptions, get_backend, resolve_auto
-        from precipfast.runtime.engines.bundle import default_bundle_path, open_bundle
-        from precipfast.runtime.engines.device import resolve_device
 
         bundle = open_bundle(opts.model if opts.model is not None else default_bundle_path())
         dev = resolve_device(opts.device)
@@ -103,7 +104,7 @@ class Pipeline:
         for s in wanted:  # a stage the bundle lacks is refused by bundle.stage (via unet or get_backend)
             tile, overlap = bundle.tiling(s) or (opts.tile, opts.overlap)  # a stage tiled as it was trained
             mb = opts.max_batch or memory.auto_max_batch(bundle.unet(s), tile, budget, device_type=dev.type)
-            options = BackendOptions(max_batch=mb, max_hw=tile, precision=opts.precision,
+            options = BackendOptions(max_batch=mb, tile=tile, precision=opts.precision,
                                      torch_compile=opts.torch_compile, cuda_graphs=opts.cuda_graphs)
             backend = get_backend(name, bundle, s, dev, options=options)
             runs[s] = StageRun(s, backend, bundle.sampler(s), Tiling(tile, overlap, mb),
@@ -138,7 +139,6 @@ class Pipeline:
         """(precip (T, H, W) float32, Origin or None, aux, whether the input had a time axis), checked once:
         an InputField was checked by its reader, an array is checked here."""
         if hasattr(field, "precip") and hasattr(field, "pixel_deg"):
-            from precipfast.runtime.files.reader import expected_pixel_check
             expected_pixel_check(field, self.lr_pixel_deg)
             origin = Origin.from_coords(float(field.lat[0]), float(field.lon[0]), field.pixel_deg)
             return field.precip, origin, aux if aux is not None else (field.aux or None), True
@@ -210,7 +210,6 @@ class Pipeline:
             x_wide, inner, org_wide = x_sat, (slice(None), slice(None)), org
         corr = self.stages.get("correction")
         down = self.stages.get("downscaling")
-        from precipfast.kernels.heun_residual import get_step_impl
         step = get_step_impl(self.device, self.step_name)  # the implementation the groups were sized for
         size = memory.member_group_size(h * w * (f * f if down else 1), self.budget_bytes, self.step_name)
         for group in _groups(ids, size):
@@ -246,7 +245,6 @@ class Pipeline:
                          context=None) -> int:
         """(member, tile) images denoised to sample one coarse (height, width) field (with `context_of`'s
         neighbours for the correction stage): the unit of `progress`."""
-        from precipfast.runtime.sampling.ensemble import images
         f, total = self.scale_factor, 0
         for name, run in self.stages.items():
             s = f if name == "downscaling" else 1
@@ -256,7 +254,6 @@ class Pipeline:
         return total
 
     def evaluations_per_member(self, steps: int | None = None) -> int:
-        from precipfast.runtime.sampling.ensemble import evaluations
         return sum(evaluations(_steps(r.sampler, steps)) for r in self.stages.values())
 
     # ------------------------------------------------------------------ helpers

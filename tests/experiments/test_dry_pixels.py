@@ -4,8 +4,8 @@ import h5py
 import numpy as np
 import pytest
 
-from precipfast.runtime.files.input_writer import write_precipfast_input
 from experiments import dry_pixels
+from precipfast.runtime.files.input_writer import write_precipfast_input
 
 
 def test_inside_rain_mask_by_hand():

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from precipfast.config import DegradationConfig
-from precipfast.verify.scores import crps_ensemble
-from precipfast.train.degrade import degrade, shift_bilinear
 from experiments.heldout import frame_generator
-from experiments.oracle import floor, frame_shift, shift_oracle
+from experiments.oracle import floor
+from experiments.shift_oracle import frame_shift, shift_oracle
+from precipfast.config import DegradationConfig
+from precipfast.train.degrade import degrade, shift_bilinear
 from precipfast.train.sources import FILES
+from precipfast.verify.scores import crps_ensemble
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 

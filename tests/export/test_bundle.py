@@ -7,7 +7,7 @@ import torch
 
 from precipfast.config import DataConfig, TrainConfig, to_dict
 from precipfast.errors import EngineMismatchError, InputFormatError, OutputError
-from precipfast.runtime.engines import parity
+from precipfast.export import bundle as export_bundle
 from precipfast.export.bundle import export_checkpoints, write_bundle
 from precipfast.runtime.engines.bundle import FORMAT_VERSION, default_bundle_path, load_denoisers, open_bundle
 from precipfast.train.checkpoint import save_checkpoint
@@ -142,7 +142,7 @@ def test_write_is_atomic_and_refuses_existing(stages, bundle_dir, tmp_path, monk
         write_bundle(tmp_path / "new", {"downscaling": (down, {**dcfg, "cond_names": None})}, **COMMON)
     # A failure after files were written (here: the parity check) leaves nothing behind.
     failing = {"passed": False, "max_rel_err": 0.5, "max_abs_err": 0.2, "tolerance_rel": 1e-4, "cases": [{}]}
-    monkeypatch.setattr(parity, "parity_report", lambda *a, **k: failing)
+    monkeypatch.setattr(export_bundle, "parity_report", lambda *a, **k: failing)
     with pytest.raises(EngineMismatchError, match="correction.onnx: ONNX parity FAIL: max rel err 5.00e-01"):
         write_bundle(tmp_path / "new", {"correction": stages["correction"]}, **COMMON)
     assert list(tmp_path.iterdir()) == []
@@ -195,9 +195,10 @@ def test_mean_plus_edm_stage_round_trips_with_onnx_parity(tmp_path):
     "mean+edm") ships as one stage: both networks in one weights file and one ONNX graph, parity checked
     at export, rebuilt by the runtime from the manifest."""
     import numpy as np
+
     from precipfast.config import EDMConfig, SamplerConfig, UNetConfig
     from precipfast.denoiser import build_denoiser
-    from precipfast.runtime.engines.backends import ort_session
+    from precipfast.runtime.engines.onnxruntime_backend import ort_session
     torch.manual_seed(4)
     edm = EDMConfig(sigma_data=0.2, kind="mean+edm", denoised_max=4.0)
     den = build_denoiser(UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(), cond_channels=1), edm)
@@ -226,9 +227,10 @@ def test_crps_stage_round_trips_with_onnx_parity(tmp_path):
     """A CRPS-trained generator (kind "crps") ships as a one-step stage: its ONNX graph reads the latent as
     x / sigma like the eager module, and the manifest keeps its one step."""
     import numpy as np
+
     from precipfast.config import EDMConfig, SamplerConfig, UNetConfig
     from precipfast.denoiser import build_denoiser
-    from precipfast.runtime.engines.backends import ort_session
+    from precipfast.runtime.engines.onnxruntime_backend import ort_session
     torch.manual_seed(5)
     edm = EDMConfig(sigma_data=0.3, kind="crps", denoised_max=4.0)
     den = build_denoiser(UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(), cond_channels=1), edm)

@@ -6,8 +6,8 @@ import torch
 
 from precipfast.export.onnx import export_onnx
 from precipfast.runtime.engines.bundle import onnx_io_shapes
+from precipfast.runtime.engines.onnxruntime_backend import ort_session
 from precipfast.runtime.engines.parity import PARITY_TOL_REL
-from precipfast.runtime.engines.backends import ort_session
 
 
 def test_graph_has_named_dynamic_io(tiny_onnx):

@@ -2,9 +2,9 @@
 import h5py
 import numpy as np
 
-from precipfast.options import DemoOptions
 from precipfast.jobs.demo import run_demo
 from precipfast.jobs.demo_input import DEMO_BBOX, synthetic_field, write_demo_input
+from precipfast.options import DemoOptions
 from precipfast.runtime.files.reader import read_input
 
 

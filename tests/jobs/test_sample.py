@@ -3,11 +3,11 @@ import h5py
 import numpy as np
 import pytest
 
-from precipfast.options import SampleOptions
+from precipfast.jobs.sample import run_sample
 from precipfast.kernels.heun_residual import step_impl_name
+from precipfast.options import SampleOptions
 from precipfast.runtime.sampling.memory import state_fields
 from precipfast.runtime.sampling.pipeline import Pipeline
-from precipfast.jobs.sample import run_sample
 
 
 def _members(path):

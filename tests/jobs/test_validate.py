@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from precipfast.grid import coarsen, upsample
-from precipfast.verify.scores import pearson, psd_band_ratio, psd_radial
-from precipfast.options import ValidateOptions
 from precipfast.jobs.validate import validate
+from precipfast.options import ValidateOptions
+from precipfast.verify.scores import pearson, psd_band_ratio, psd_radial
 
 
 def run_validate(model, data, **kw):

@@ -12,13 +12,20 @@ import math
 import pytest
 import torch
 
-from precipfast import edm
+from precipfast import edm, noise
 from precipfast.config import SamplerConfig, TransformConfig
 from precipfast.errors import KernelUnavailableError
 from precipfast.kernels import heun_residual as hr
-from precipfast.kernels.heun_residual import (STEP_IMPLS, InplaceStep, NoiseWindow, ReferenceStep, TritonStep,
-                                              euler_residual, get_step_impl, heun_residual)
-from precipfast import noise
+from precipfast.kernels.heun_residual import (
+    STEP_IMPLS,
+    InplaceStep,
+    NoiseWindow,
+    ReferenceStep,
+    TritonStep,
+    euler_residual,
+    get_step_impl,
+    heun_residual,
+)
 from precipfast.runtime.sampling.ensemble import Tiling, sample_ensemble
 
 EXACT = {"rtol": 0.0, "atol": 0.0}

@@ -3,9 +3,8 @@ and global pixel, same float32 value, whatever the window, member order or block
 import pytest
 import torch
 
-from precipfast.kernels.philox_noise import (NoiseWindow, member_noise, member_noise_inplace,
-                                             member_noise_reference)
 from precipfast import noise
+from precipfast.kernels.philox_noise import NoiseWindow, member_noise, member_noise_inplace, member_noise_reference
 
 # Windows chosen to reach every word of the layout: a seed above 2^32 (key word 1) whose low word is
 # above 2^31 (an unsigned key word), odd columns (windows starting on lane 1), a global index above

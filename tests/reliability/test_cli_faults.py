@@ -3,10 +3,9 @@ unexpected exception; click's usage errors keep their exit code 2."""
 import json
 
 import pytest
+from faultkit import FAST, cli, coarse, one_line, snapshot
 
 from precipfast.jobs import sample as job
-
-from faultkit import FAST, cli, coarse, one_line, snapshot
 
 TOP = 2 ** 32 - 1   # slice t samples with seed + t * 2^32 (precipfast/noise.py): the seed fills the low word, so
 # every (seed, t) pair has its own noise and any seed works for any number of time slices

@@ -8,12 +8,11 @@ import subprocess
 
 import numpy as np
 import pytest
+from faultkit import FAST, cli, coarse, one_line, snapshot, spawn, temps
 
 from precipfast.errors import OutputError
 from precipfast.runtime.files import writer as output
 from precipfast.runtime.files.writer import write_output
-
-from faultkit import FAST, cli, coarse, one_line, snapshot, spawn, temps
 
 ATTRS = {"model_name": "t", "model_sha256": "ab" * 32, "steps": 2, "seed": 0, "backend": "torch",
          "input_sha256": "cd" * 32}

@@ -6,12 +6,11 @@ import os
 import shutil
 
 import pytest
+from faultkit import FAST, cli, one_line, snapshot
 
 from precipfast.errors import EngineMismatchError
 from precipfast.runtime.engines import bundle as bundle_mod
 from precipfast.runtime.engines.bundle_check import check_plain_name
-
-from faultkit import FAST, cli, one_line, snapshot
 
 BACKENDS = ["torch", "onnxruntime"]
 

@@ -3,7 +3,6 @@ names a directory, or a dangling link without --overwrite, is refused before any
 import os
 
 import pytest
-
 from faultkit import FAST, cli, one_line, snapshot
 
 

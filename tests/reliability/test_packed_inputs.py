@@ -4,11 +4,10 @@ file declares checked before anything is read."""
 import h5py
 import numpy as np
 import pytest
+from faultkit import cli, one_line, snapshot
 
 from precipfast.runtime.files.input_writer import write_precipfast_input
 from precipfast.runtime.files.reader import read_input
-
-from faultkit import cli, one_line, snapshot
 
 LAT = 40.95 - 0.1 * np.arange(10)
 LON = -100.95 + 0.1 * np.arange(12)

@@ -1,16 +1,14 @@
 """Signals: SIGINT, SIGTERM and SIGHUP remove the temp file and end with one line and exit 128 + signo;
 a second Ctrl-C during cleanup prints no traceback; a SIGKILLed run's temp file is removed by the next run
 in that directory, and nothing else is."""
-import os
 import signal
 import socket
 import time
 
 import pytest
+from faultkit import FAST, cli, coarse, snapshot, spawn, temps, wait_for_temp
 
 from precipfast.runtime.files import writer as output
-
-from faultkit import FAST, cli, coarse, snapshot, spawn, temps, wait_for_temp
 
 SLOW = ["--members", "4", "--steps", "12", "--backend", "torch", "--device", "cpu"]
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from precipfast.config import DegradationConfig
-from precipfast.train.degrade import (degradation_stats, degrade, displacement, rain_centroid,
-                                      shift_bilinear)
+from precipfast.train.degrade import degradation_stats, degrade, displacement, rain_centroid, shift_bilinear
 
 OFF = DegradationConfig(bias_a=1.0, gamma_exp=1.0, detect_mm_h=0.5, p_miss=0.0, shift_px=0.0, blur_px=0.0,
                         noise_std=0.0)

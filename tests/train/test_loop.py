@@ -1,12 +1,12 @@
 """Training loop: loss goes down on a fixed batch, checkpoints round-trip, resume is exact."""
-import torch
 import pytest
+import torch
 
 from precipfast.config import DataConfig, EDMConfig, SamplerConfig, TrainConfig, UNetConfig
+from precipfast.denoiser import build_denoiser
 from precipfast.train.checkpoint import load_checkpoint
 from precipfast.train.loop import lr_at, train
 from precipfast.train.loss import batch_loss
-from precipfast.denoiser import build_denoiser
 
 TINY = UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(1,), channels_per_head=8)
 

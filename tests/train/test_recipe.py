@@ -100,7 +100,7 @@ def test_init_width_must_match(capsys):
 def test_model_channels_reach_the_trained_unet(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(recipe, "PairDataset", lambda *a, **k: _Pairs())
-    monkeypatch.setattr("precipfast.train.loop.train",
+    monkeypatch.setattr(recipe, "train",
                         lambda train_cfg, data_cfg, unet_cfg, *a, **k: seen.update(unet=unet_cfg) or {"history": []})
     recipe.main(["--stage", "correction", "--out", str(tmp_path / "w32"), "--model-channels", "32"])
     assert seen["unet"].model_channels == 32 and seen["unet"].channel_mult == (1, 2, 2)

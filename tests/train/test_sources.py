@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 
 from precipfast.errors import InputFormatError
-from precipfast.train.sources import (FILES, QPE_FILE, RADAR_FILE, available_sources, frames_per_mean,
-                                      load_source, resolve_data_dir, unpack)
+from precipfast.train.sources import (
+    FILES,
+    QPE_FILE,
+    RADAR_FILE,
+    available_sources,
+    frames_per_mean,
+    load_source,
+    resolve_data_dir,
+    unpack,
+)
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not all((DATA / f).is_file() for f in FILES), reason=f"no radar files in {DATA}")

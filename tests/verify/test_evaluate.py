@@ -10,8 +10,8 @@ import torch
 
 from precipfast.errors import InputFormatError
 from precipfast.grid import coarsen, upsample
+from precipfast.runtime.files.digest import sha256_file
 from precipfast.runtime.files.input_writer import write_precipfast_input
-from precipfast.runtime.files.reader import file_sha256
 from precipfast.runtime.files.writer import write_output
 from precipfast.runtime.sampling.pipeline import fine_coords
 from precipfast.verify.evaluate import BASELINES, format_table, plot_verification, regrid, run, to_json, verify
@@ -44,7 +44,7 @@ def _case(tmp_path, truth, members, lr=None, *, times=(T0,), truth_times="same",
     tr = write_precipfast_input(tmp_path / "truth.h5", truth, lat if truth_lat is None else truth_lat,
                                 lon if truth_lon is None else truth_lon, times=tt)
     attrs = {"model_name": "test", "model_sha256": "0" * 64, "steps": 8, "seed": 0, "backend": "torch",
-             "input_sha256": file_sha256(inp) if record_input else "none",
+             "input_sha256": sha256_file(inp) if record_input else "none",
              "input_file": str(inp) if record_input else "none", "input_variable": "/precip"}
     ens = write_output(tmp_path / name, {"precip": members}, lat=lat, lon=lon, lat_lr=lat_lr, lon_lr=lon_lr,
                        times=list(times), attrs=attrs)
@@ -164,7 +164,7 @@ def test_a_larger_truth_is_cropped_to_the_ensemble(tmp_path):
     inp = write_precipfast_input(tmp_path / "in.h5", coarsen(truth, F, "max"), lat_lr, lon_lr, times=[T0])
     tr = write_precipfast_input(tmp_path / "big_truth.h5", big, big_lat, big_lon, times=[T0])
     attrs = {"model_name": "t", "model_sha256": "0", "steps": 8, "seed": 0, "backend": "torch",
-             "input_sha256": file_sha256(inp), "input_file": str(inp)}
+             "input_sha256": sha256_file(inp), "input_file": str(inp)}
     ens = write_output(tmp_path / "e.h5", {"precip": members}, lat=lat, lon=lon, lat_lr=lat_lr, lon_lr=lon_lr,
                        times=[T0], attrs=attrs)
     r = verify(ens, tr)
@@ -273,7 +273,7 @@ def test_real_radar_frame_with_a_perturbed_ensemble(tmp_path, shared_data):
     sigma = 0.5
     members = hr[None] * np.exp(sigma * g.standard_normal((8, 200, 200)) - sigma ** 2 / 2)
     attrs = {"model_name": "perturbed-truth", "model_sha256": "0", "steps": 0, "seed": 11, "backend": "none",
-             "input_sha256": file_sha256(inp), "input_file": str(inp), "input_variable": "/precip"}
+             "input_sha256": sha256_file(inp), "input_file": str(inp), "input_variable": "/precip"}
     ens = write_output(tmp_path / "ens.h5", {"precip": members.astype(np.float32)}, lat=lat, lon=lon,
                        lat_lr=lat_lr, lon_lr=lon_lr, times=[t0], attrs=attrs)
     r = run(ens, tr, json_path=tmp_path / "v.json")

@@ -44,8 +44,15 @@ def test_spread_skill_is_one_for_a_calibrated_ensemble():
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from precipfast.verify.scores import (bias, fss, fss_terms, neighbourhood_mean, psd_band_ratio,  # noqa: E402
-                                rank_histogram, rank_histogram_flatness)
+from precipfast.verify.scores import (  # noqa: E402
+    bias,
+    fss,
+    fss_terms,
+    neighbourhood_mean,
+    psd_band_ratio,
+    rank_histogram,
+    rank_histogram_flatness,
+)
 
 
 def test_bias_is_mean_difference_and_ratio_of_means_over_finite_pixels():

@@ -6,14 +6,15 @@ import pytest
 import torch
 
 from precipfast.config import EDMConfig, SamplerConfig, UNetConfig, to_dict
+from precipfast.denoiser import build_denoiser
 from precipfast.errors import BackendUnavailableError, PrecipfastError
 from precipfast.export.bundle import write_bundle
-from precipfast.runtime.engines.bundle import open_bundle
-from precipfast.runtime.engines.parity import PARITY_TOL_REL
 from precipfast.runtime.engines import backends as B
-from precipfast.denoiser import build_denoiser
+from precipfast.runtime.engines.bundle import open_bundle
+from precipfast.runtime.engines.choices import UnknownBackendError
+from precipfast.runtime.engines.parity import PARITY_TOL_REL
 
-OPTS = B.BackendOptions(max_batch=8, max_hw=128, threads=1)
+OPTS = B.BackendOptions(max_batch=8, tile=128, threads=1)
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
 
 
@@ -53,7 +54,7 @@ def test_every_registered_name_resolves_or_says_why(bundle):
 
 
 def test_unknown_name_lists_registry(bundle):
-    with pytest.raises(B.UnknownBackendError,
+    with pytest.raises(UnknownBackendError,
                        match=r"unknown backend 'tensorflow' \(--backend\); available: \['onnxruntime', 'tensorrt', 'torch'\]"):
         B.get_backend("tensorflow", bundle, "downscaling", "cpu", options=OPTS)
     with pytest.raises(ValueError):  # also a ValueError: bad input
@@ -112,7 +113,7 @@ def test_torch_and_onnxruntime_agree(bundle, batch, hw):
 
 def test_options_are_validated():
     with pytest.raises(ValueError, match="max_batch >= 1"):
-        B.BackendOptions(max_batch=0, max_hw=128)
+        B.BackendOptions(max_batch=0, tile=128)
 
 
 @pytest.mark.gpu
@@ -124,7 +125,7 @@ def test_gpu_backends_match_torch(bundle, name):
         pytest.skip(why)
     x, sigma, cond = (t.cuda() for t in _inputs(3, (37, 53)))
     ref = B.get_backend("torch", bundle, "downscaling", "cuda", options=OPTS)(x, sigma, cond)
-    opts = B.BackendOptions(max_batch=8, max_hw=64)
+    opts = B.BackendOptions(max_batch=8, tile=64)
     out = B.get_backend(name, bundle, "downscaling", "cuda", options=opts)(x, sigma, cond)
     torch.cuda.synchronize()
     # TensorRT runs fp16 convolutions (GroupNorm/softmax/preconditioning fp32): ~1e-3 relative is fp16's
@@ -147,7 +148,7 @@ def test_bf16_autocast_on_cpu_is_close_to_fp32(bundle):
     ref = B.get_backend("torch", bundle, "downscaling", "cpu", options=OPTS)(x, sigma, cond)
     assert (ref > -cond[:, :1]).all()
     low = B.get_backend("torch", bundle, "downscaling", "cpu",
-                        options=B.BackendOptions(max_batch=8, max_hw=128, precision="bf16"))(x, sigma, cond)
+                        options=B.BackendOptions(max_batch=8, tile=128, precision="bf16"))(x, sigma, cond)
     assert low.dtype == torch.float32 and low.shape == ref.shape  # the sampler state stays float32
     err = ((low - ref).norm() / _network_term(bundle, x, sigma, ref).norm()).item()
     # bf16 keeps 8 significant bits (unit roundoff 2^-9 = 2e-3); each conv/matmul rounds its operands
@@ -165,7 +166,7 @@ def test_bf16_members_stay_finite_and_close(bundle):
     out = {}
     for precision in ("fp32", "bf16"):
         be = B.get_backend("torch", bundle, "downscaling", "cpu",
-                           options=B.BackendOptions(max_batch=4, max_hw=128, precision=precision))
+                           options=B.BackendOptions(max_batch=4, tile=128, precision=precision))
         out[precision] = sample_ensemble(be, cond, [0, 1], "downscaling", 5, cfg, Tiling(tile=24, overlap=8))
     assert torch.isfinite(out["bf16"]).all()
     # Same noise, so bf16 moves each member only by its rounding, ~2e-3 of the network's term per
@@ -182,7 +183,7 @@ def test_precision_choices_are_checked():
     with pytest.raises(ValueError, match=r"^--precision must be one of fp32, bf16, fp16, got 'fp64'$"):
         SampleOptions(precision="fp64")
     with pytest.raises(ValueError, match="--precision must be one of"):
-        B.BackendOptions(max_batch=8, max_hw=128, precision="half")
+        B.BackendOptions(max_batch=8, tile=128, precision="half")
     assert SampleOptions().precision == "fp32" and not SampleOptions().cuda_graphs
 
 
@@ -199,7 +200,7 @@ def test_cuda_only_settings_are_refused_on_cpu(bundle, settings, message):
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime is not installed")
 def test_torch_only_settings_are_refused_on_other_backends(bundle):
-    opts = B.BackendOptions(max_batch=8, max_hw=128, precision="bf16", cuda_graphs=True)
+    opts = B.BackendOptions(max_batch=8, tile=128, precision="bf16", cuda_graphs=True)
     with pytest.raises(ValueError, match=r"^--precision bf16, --cuda-graphs applies to the torch backend only; "
                                          r"this run uses 'onnxruntime' \(add --backend torch\)$"):
         B.get_backend("onnxruntime", bundle, "downscaling", "cpu", options=opts)

@@ -6,8 +6,8 @@ import torch
 
 from precipfast.config import EDMConfig, SamplerConfig, UNetConfig
 from precipfast.denoiser import build_denoiser
-from precipfast.runtime.engines.backends import TorchBackend
 from precipfast.runtime.engines.cuda_graphs import GraphedDenoiser
+from precipfast.runtime.engines.torch_backend import TorchBackend
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 # fp32 replay runs the kernels the eager call ran; a few ulp are allowed in case cuDNN's heuristics
@@ -148,6 +148,7 @@ def test_pipeline_members_with_the_fast_settings(torch_bundle, device):
     time). Members stay finite and within their rounding of the float32 eager members, far closer than
     members are to one another."""
     import numpy as np
+
     from precipfast.runtime.sampling.pipeline import Pipeline
     lr = np.abs(np.random.default_rng(0).normal(2.0, 2.0, (12, 14))).astype(np.float32)
     common = dict(backend="torch", device=device, tile=32, overlap=8, max_batch=6)

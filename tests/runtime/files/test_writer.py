@@ -8,8 +8,7 @@ import pytest
 from precipfast._version import __version__
 from precipfast.errors import OutputError
 from precipfast.runtime.files import writer as output
-from precipfast.runtime.files.writer import (OutputWriter, check_output_path, ensemble_stats,
-                                       write_output)
+from precipfast.runtime.files.writer import OutputWriter, check_output_path, ensemble_stats, write_output
 
 xr = pytest.importorskip("xarray")
 pytest.importorskip("h5netcdf")

@@ -3,12 +3,11 @@ tiled runs agree with untiled ones and show no seams."""
 import pytest
 import torch
 
-from precipfast import edm
+from precipfast import edm, noise
 from precipfast.config import EDMConfig, SamplerConfig, UNetConfig
-from precipfast import noise
+from precipfast.denoiser import build_denoiser
 from precipfast.runtime.sampling.ensemble import Tiling, denoise_domain, evaluations, member_runs, sample_ensemble
 from precipfast.runtime.sampling.tiling import plan_tiles
-from precipfast.denoiser import build_denoiser
 
 CFG = SamplerConfig(num_steps=4, sigma_max=10.0)
 

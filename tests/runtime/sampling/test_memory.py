@@ -2,9 +2,15 @@
 import pytest
 
 from precipfast.config import UNetConfig
-from precipfast.runtime.sampling import memory
 from precipfast.kernels.heun_residual import STEP_IMPLS
-from precipfast.runtime.sampling.memory import CPU_PIXELS_PER_CALL, STATE_FIELDS, auto_max_batch, image_bytes, state_fields
+from precipfast.runtime.sampling import memory
+from precipfast.runtime.sampling.memory import (
+    CPU_PIXELS_PER_CALL,
+    STATE_FIELDS,
+    auto_max_batch,
+    image_bytes,
+    state_fields,
+)
 
 
 def test_auto_max_batch_follows_budget_and_cpu_cap():
