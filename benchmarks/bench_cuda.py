@@ -189,20 +189,23 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="timed runs after the untimed first one")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", choices=list(PRECISIONS), help="fast path (default: bf16 on CUDA, fp32 on CPU)")
-    ap.add_argument("--compile", dest="compile_", action=argparse.BooleanOptionalAction, default=None,
+    ap.add_argument("--torch-compile", action=argparse.BooleanOptionalAction, default=None,
                     help="fast path: torch.compile (default: on CUDA only)")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, help=argparse.SUPPRESS)   # the old name
     ap.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                     help="fast path: CUDA graphs (default: on CUDA only)")
     ap.add_argument("--step", help="fast path's step implementation (default: the registry's for the device)")
     ap.add_argument("--threads", type=int, help="torch CPU threads")
     a = ap.parse_args(argv)
+    if a.compile is not None:
+        ap.error("--compile is now --torch-compile (the name `precipfast sample` uses)")
     if a.members < 1 or a.steps < 2 or a.repeat < 1:
         ap.error(f"need --members >= 1, --steps >= 2, --repeat >= 1; got {a.members}, {a.steps}, {a.repeat}")
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     tiling = Tiling(tile=a.tile, overlap=a.overlap, max_batch=a.max_batch or a.members)
-    vs = variants(device, a.precision, a.compile_, a.cuda_graphs, a.step)
+    vs = variants(device, a.precision, a.torch_compile, a.cuda_graphs, a.step)
     den = build_net(a.seed).to(device)
     print(f"net: {CORRDIFF_UNET}, {sum(p.numel() for p in den.parameters()) / 1e6:.3f} M parameters; "
           f"variants: {vs}", file=sys.stderr)

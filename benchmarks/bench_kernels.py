@@ -29,9 +29,10 @@ import torch
 
 from precipfast.benchmarks._emit import emit, time_calls, time_cuda
 from precipfast.config import SamplerConfig, TransformConfig
-from precipfast.runtime.engines.bundle import load_denoisers
 from precipfast.kernels._triton import unavailable_reason
 from precipfast.kernels.heun_residual import STEP_IMPLS, NoiseWindow, get_step_impl
+from precipfast.noise import Origin
+from precipfast.runtime.engines.bundle import load_denoisers
 from precipfast.runtime.sampling.ensemble import Tiling, sample_ensemble
 from precipfast.runtime.sampling.pipeline import Pipeline
 
@@ -74,7 +75,7 @@ def bench_step(device: str, impls, sizes, den_dtypes, repeat: int, ops=("step", 
         g = torch.Generator(device=dev).manual_seed(0)
         x_hat, x_next, base = (torch.randn(shape, generator=g, device=dev) for _ in range(3))
         copy = _copy_gbps(dev, x_hat.numel()) if dev.type == "cuda" else None
-        win = NoiseWindow(0, tuple(range(e)), "downscaling", 0, 0, w)
+        win = NoiseWindow(0, tuple(range(e)), "downscaling", Origin(0, 0, w))
         for den_dtype in den_dtypes:
             dsz = torch.tensor([], dtype=den_dtype).element_size()
             den_hat = (0.5 * x_hat).to(den_dtype)

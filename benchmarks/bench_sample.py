@@ -15,6 +15,7 @@ import torch
 
 from precipfast import edm, noise
 from precipfast.benchmarks._emit import emit
+from precipfast.config import STAGES
 from precipfast.grid import upsample
 from precipfast.options import BenchOptions
 from precipfast.runtime.engines.bundle import default_bundle_path, load_denoisers, open_bundle
@@ -34,7 +35,7 @@ def plain_loop(bundle, lr: np.ndarray, members: int, steps: int | None, seed: in
     with torch.inference_mode():
         for m in range(members):
             x = x_sat
-            for stage in ("correction", "downscaling"):
+            for stage in STAGES:
                 if stage not in dens:
                     continue
                 base = upsample(x, f) if stage == "downscaling" else x

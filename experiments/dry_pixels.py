@@ -1,5 +1,5 @@
 """Dry pixels inside rain: how often a 10 km pixel is dry (< 0.1 mm/h) where the satellite input and its
-8 neighbours all rain at least 1 mm/h, at least 2 pixels from the domain's edge (MODEL_CARD.md, failure
+8 neighbours all rain at least 1 mm/h, at least 2 pixels from the domain's edge (docs/experiments.md, failure
 modes). Measured on the radar truth of training pairs (what the satellite-error model implies,
 train/degrade.py) and on the corrected members of a `precipfast sample` output (what the correction does).
 
@@ -13,11 +13,12 @@ import json
 
 import numpy as np
 
+from precipfast.runtime.files.ensemble_file import open_ensemble
 from precipfast.runtime.files.reader import read_input
 from precipfast.train.data import PairDataset
 from precipfast.train.recipe import configs
+from precipfast.verify.scores import dry_share
 
-DRY_MM_H = 0.1      # below this a pixel is dry (the quick-look's white)
 WET_MM_H = 1.0      # the input and its 8 neighbours at least this: inside rain
 EDGE_PX = 2         # the outermost coarse pixels are left out (the crop-edge failure mode)
 
@@ -35,12 +36,6 @@ def inside_rain(lr: np.ndarray, wet_mm_h: float = WET_MM_H, edge_px: int = EDGE_
     return mask
 
 
-def dry_share(field: np.ndarray, mask: np.ndarray) -> tuple[float, int]:
-    """(percent of the masked pixels of field below DRY_MM_H, number of masked pixels)."""
-    n = int(mask.sum())
-    return (100.0 * float(np.mean(field[mask] < DRY_MM_H)) if n else float("nan")), n
-
-
 def pairs_share(data_dir: str, split: str, batches: int = 20, batch_size: int = 64, seed: int = 0) -> dict:
     """Dry share of the radar truth over `batches` batches of the correction stage's pairs of a split."""
     import torch
@@ -48,26 +43,22 @@ def pairs_share(data_dir: str, split: str, batches: int = 20, batch_size: int = 
 
     data = PairDataset(configs("correction")["data"], "correction", split, data_dir)
     gen = torch.Generator().manual_seed(seed)
-    dry = n = 0
+    truths, masks = [], []
     for _ in range(batches):
         b = data.batch(batch_size, gen)
-        for sat, truth in zip(b["sat_mm_h"][:, 0].numpy(), b["truth_mm_h"][:, 0].numpy()):
-            mask = inside_rain(sat)
-            dry, n = dry + int(np.sum(truth[mask] < DRY_MM_H)), n + int(mask.sum())
-    return {"split": split, "sources": data.source_names, "dry_percent": 100.0 * dry / n if n else float("nan"),
-            "pixels": n}
+        truths.append(b["truth_mm_h"][:, 0].numpy())
+        masks.append(np.stack([inside_rain(sat) for sat in b["sat_mm_h"][:, 0].numpy()]))
+    share, n = dry_share(np.concatenate(truths), np.concatenate(masks))
+    return {"split": split, "sources": data.source_names, "dry_percent": share, "pixels": n}
 
 
 def members_share(sample_path: str, input_path: str, variable: str | None = None) -> dict:
     """Dry share of each corrected member (first time) of a `precipfast sample` output, inside the rain of
     the input it was made from (read on the output's coarse grid)."""
-    import h5py
-
-
-    with h5py.File(sample_path, "r") as f:
-        if "corrected_lr" not in f:
+    with open_ensemble(sample_path) as ens:
+        if not ens.has("corrected_lr"):
             raise ValueError(f"{sample_path} has no corrected_lr: run `precipfast sample` with the correction stage")
-        corrected, lat, lon = f["corrected_lr"][0], f["lat_lr"][...], f["lon_lr"][...]
+        corrected, lat, lon = ens.field("corrected_lr", 0), ens.lat_lr, ens.lon_lr
     field = read_input(input_path, variable=variable)
     half = field.pixel_deg / 2
     rows = [int(np.argmin(np.abs(field.lat - y))) for y in lat]

@@ -10,7 +10,7 @@ literature anchors for what time-mismatched fields cannot show: the pixel correl
 
     python -m experiments.fit_degradation --data ../shared/data
 
-Prints the table in train/DEGRADATION.md and the fitted parameters for each pooling. The light-rain
+Prints the table in docs/degradation.md and the fitted parameters for each pooling. The light-rain
 threshold detect_mm_h is not identifiable here and stays at 0.5 mm/h; the other six parameters are
 fitted by compass search from a fixed literature prior, with common random numbers (the same generator
 seed for every evaluation). About a minute on one CPU core.

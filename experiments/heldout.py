@@ -37,7 +37,17 @@ from precipfast.train.checkpoint import load_checkpoint, read_config
 from precipfast.train.degrade import degrade
 from precipfast.train.sources import load_source
 from precipfast.transform import forward, inverse
-from precipfast.verify.scores import crps_ensemble, nanmean, psd_band_ratio, psd_radial, spread_skill
+from precipfast.verify.baselines import bilinear, nearest
+from precipfast.verify.scores import (
+    fair_crps,
+    mae,
+    nanmean,
+    peak_ratio,
+    psd_band_ratio,
+    psd_radial,
+    ratio_of_sums,
+    spread_skill,
+)
 
 CASES = {"qpe/20160922": (3, 9, 15, 21), "mrms/conus": (0, 1), "fmi/fmi_20170509": (1, 4),
          "bom/bom_2_20180616": (2, 8)}
@@ -83,10 +93,10 @@ def score_downscaling(ens: torch.Tensor, truth: torch.Tensor, baselines: dict) -
     """Fair CRPS, spread/skill and 2-20 km power ratio of ens (E, H, W) vs truth, plus baseline MAEs."""
     wl, p_t = psd_radial(truth)
     _, p_e = psd_radial(ens)
-    out = {"crps": nanmean(crps_ensemble(ens, truth, fair=True)), "spread_skill": spread_skill(ens, truth),
-           "psd_ratio": psd_band_ratio(wl, p_e, p_t, BAND_KM), "mean_mae": nanmean((ens.mean(0) - truth).abs())}
+    out = {"fair_crps": nanmean(fair_crps(ens, truth)), "spread_skill": spread_skill(ens, truth),
+           "psd_ratio": psd_band_ratio(wl, p_e, p_t, BAND_KM), "mean_mae": mae(ens.mean(0), truth)}
     for name, b in baselines.items():
-        out[f"{name}_mae"] = nanmean((b - truth).abs())
+        out[f"{name}_mae"] = mae(b, truth)
     return out
 
 
@@ -179,9 +189,8 @@ def _case(source, t, y, x, frame, lr_frame, sat_frame, down, dcfg, corrections, 
     n = SIZE // f
     ly, lx = y // f, x // f
     lr = torch.from_numpy(lr_frame[ly: ly + n, lx: lx + n].copy())
-    lr_max = coarsen(truth, f, "max")
-    bil = lambda c: upsample(c[None, None], f, "bilinear")[0, 0].clamp_min(0)  # noqa: E731
-    base = {"bilinear_mean": bil(lr), "bilinear_max": bil(lr_max), "nearest_mean": upsample(lr[None, None], f, "nearest")[0, 0]}
+    base = {"bilinear_mean": bilinear(lr, f), "bilinear_max": bilinear(coarsen(truth, f, "max"), f),
+            "nearest_mean": nearest(lr, f)}
     row = {"source": source, "frame": t, "row0": y, "col0": x, "truth_max": float(truth.max()),
            "truth_mean": float(truth.mean())}
     cond = upsample(forward(lr, tcfg)[None, None], f, "bilinear")
@@ -190,8 +199,8 @@ def _case(source, t, y, x, frame, lr_frame, sat_frame, down, dcfg, corrections, 
         row[f"down_{steps}"] = score_downscaling(ens, truth, base)
     # two stages on satellite-like input
     sat = torch.from_numpy(sat_frame[ly: ly + n, lx: lx + n].copy())
-    row["sat_mae"] = nanmean((sat - lr).abs())
-    row["sat_bilinear_mae"] = nanmean((bil(sat) - truth).abs())
+    row["sat_mae"] = mae(sat, lr)
+    row["sat_bilinear_mae"] = mae(bilinear(sat, f), truth)
     designs = {"none": sat[None]}
     if qmap is not None:
         designs["qmap"] = torch.from_numpy(qmap(sat.numpy()))[None]
@@ -202,20 +211,20 @@ def _case(source, t, y, x, frame, lr_frame, sat_frame, down, dcfg, corrections, 
     for name, c_lr in designs.items():
         cnd = upsample(forward(c_lr, tcfg)[:, None], f, "bilinear")
         ens = inverse(cnd[:, 0] + ensemble(down, cnd, members, default_steps, dcfg["sampler"], seed + 1), tcfg)
-        row[f"two_{name}"] = {"coarse_mae": nanmean((c_lr.mean(0) - lr).abs()),
+        row[f"two_{name}"] = {"coarse_mae": mae(c_lr.mean(0), lr),
                               # the members' median: the point estimate an absolute error rewards (the mean
                               # smears a displaced shower over dry pixels)
-                              "coarse_median_mae": nanmean((c_lr.quantile(0.5, dim=0) - lr).abs()),
-                              "coarse_crps": nanmean(crps_ensemble(c_lr, lr, fair=True)) if len(c_lr) > 1
-                              else nanmean((c_lr[0] - lr).abs()),
-                              "crps": nanmean(crps_ensemble(ens, truth, fair=True)),
+                              "coarse_median_mae": mae(c_lr.quantile(0.5, dim=0), lr),
+                              # one member ("none", "qmap"): its MAE, the CRPS of a point forecast
+                              "coarse_fair_crps": nanmean(fair_crps(c_lr, lr)),
+                              "fair_crps": nanmean(fair_crps(ens, truth)),
                               "p9999": float(torch.quantile(ens.flatten().double()[:2_000_000], 0.9999)),
                               "max": float(ens.max()), "mean_ratio": float(ens.mean() / truth.mean().clamp_min(1e-6))}
     return row
 
 
 def summarise(rows: list, default_steps: int) -> dict:
-    """Medians over cases: the figures MODEL_CARD.md quotes."""
+    """Medians over cases: the figures MODEL_CARD.md and docs/experiments.md quote."""
     if not rows:
         return {}
     med = lambda v: float(np.median([x for x in v if np.isfinite(x)])) if v else math.nan  # noqa: E731
@@ -223,45 +232,45 @@ def summarise(rows: list, default_steps: int) -> dict:
     for key in [k for k in rows[0] if k.startswith("down_")]:
         r = [row[key] for row in rows]
         better = [min(a["bilinear_mean_mae"], a["bilinear_max_mae"]) for a in r]
-        out[key] = {"crps_over_better_bilinear": float(np.sum([a["crps"] for a in r]) / np.sum(better)),
-                    "median_crps_ratio": med([a["crps"] / b for a, b in zip(r, better)]),
+        out[key] = {"fair_crps_over_better_bilinear": ratio_of_sums([a["fair_crps"] for a in r], better),
+                    "median_fair_crps_ratio": med([a["fair_crps"] / b for a, b in zip(r, better)]),
                     "median_spread_skill": med([a["spread_skill"] for a in r]),
                     "median_psd_ratio": med([a["psd_ratio"] for a in r])}
-    sat_mae = np.sum([row["sat_mae"] for row in rows])
+    sat_mae = [row["sat_mae"] for row in rows]
     for key in [k for k in rows[0] if k.startswith("two_")]:
         r = [row[key] for row in rows]
-        out[key] = {"coarse_mae_over_input": float(np.sum([a["coarse_mae"] for a in r]) / sat_mae),
-                    "coarse_median_mae_over_input": float(np.sum([a["coarse_median_mae"] for a in r]) / sat_mae),
-                    "coarse_crps_over_input": float(np.sum([a["coarse_crps"] for a in r]) / sat_mae),
-                    "crps_over_bilinear_input": float(np.sum([a["crps"] for a in r]) /
-                                                      np.sum([row["sat_bilinear_mae"] for row in rows])),
-                    "worst_p9999_over_truth_max": max(a["p9999"] / max(row["truth_max"], 1e-6)
+        out[key] = {"coarse_mae_over_input": ratio_of_sums([a["coarse_mae"] for a in r], sat_mae),
+                    "coarse_median_mae_over_input": ratio_of_sums([a["coarse_median_mae"] for a in r], sat_mae),
+                    "coarse_fair_crps_over_input": ratio_of_sums([a["coarse_fair_crps"] for a in r], sat_mae),
+                    "fair_crps_over_bilinear_input": ratio_of_sums([a["fair_crps"] for a in r],
+                                                                   [row["sat_bilinear_mae"] for row in rows]),
+                    "worst_p9999_over_truth_max": max(peak_ratio(a["p9999"], row["truth_max"])
                                                       for a, row in zip(r, rows)),
-                    "worst_max_over_truth_max": max(a["max"] / max(row["truth_max"], 1e-6) for a, row in zip(r, rows))}
+                    "worst_max_over_truth_max": max(peak_ratio(a["max"], row["truth_max"]) for a, row in zip(r, rows))}
     return out
 
 
 def markdown(res: dict) -> str:
-    """MODEL_CARD.md tables: the steps frontier, then per source at the default steps (sums of CRPS over
+    """docs/experiments.md tables: the steps frontier, then per source at the default steps (sums of fair CRPS over
     sums of baseline MAE across the source's cases; medians for spread/skill and power)."""
     d = res["default_steps"]
-    lines = ["| steps | CRPS / better bilinear MAE | median spread/skill | median 2-20 km power ratio |",
+    lines = ["| steps | fair CRPS / better bilinear MAE | median spread/skill | median 2-20 km power ratio |",
              "|---|---|---|---|"]
     for key, v in res["summary"].items():
         if key.startswith("down_"):
-            lines.append(f"| {key[5:]} | {v['crps_over_better_bilinear']:.3f} | {v['median_spread_skill']:.2f} | "
+            lines.append(f"| {key[5:]} | {v['fair_crps_over_better_bilinear']:.3f} | {v['median_spread_skill']:.2f} | "
                          f"{v['median_psd_ratio']:.2f} |")
-    lines += ["", "| source | cases | downscaling CRPS / better bilinear | spread/skill | power 2-20 km | "
-              + " | ".join(f"{k[4:]}: coarse MAE / input, CRPS / bilinear(input), max p99.99 / truth max"
+    lines += ["", "| source | cases | downscaling fair CRPS / better bilinear | spread/skill | power 2-20 km | "
+              + " | ".join(f"{k[4:]}: coarse MAE / input, fair CRPS / bilinear(input), max p99.99 / truth max"
                            for k in res["rows"][0] if k.startswith("two_")) + " |",
               "|---|---|---|---|---|" + "---|" * sum(k.startswith("two_") for k in res["rows"][0])]
     for source in dict.fromkeys(r["source"] for r in res["rows"]):
         rows = [r for r in res["rows"] if r["source"] == source]
         one = summarise(rows, d)
         down = one[f"down_{d}"]
-        cells = [f"{one[k]['coarse_mae_over_input']:.2f}, {one[k]['crps_over_bilinear_input']:.2f}, "
+        cells = [f"{one[k]['coarse_mae_over_input']:.2f}, {one[k]['fair_crps_over_bilinear_input']:.2f}, "
                  f"{one[k]['worst_p9999_over_truth_max']:.2f}" for k in one if k.startswith("two_")]
-        lines.append(f"| {source} | {len(rows)} | {down['crps_over_better_bilinear']:.3f} | "
+        lines.append(f"| {source} | {len(rows)} | {down['fair_crps_over_better_bilinear']:.3f} | "
                      f"{down['median_spread_skill']:.2f} | {down['median_psd_ratio']:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -270,17 +279,18 @@ def case_table(res: dict, design: str) -> str:
     """One line per case at the default steps: the downscaling alone against the better bilinear, and the
     two-stage path with correction `design` (a two_* key without the prefix) on satellite-like input."""
     d = res["default_steps"]
-    lines = [f"| source | frame | window (row, col) | truth max mm/h | downscaling CRPS / better bilinear | "
-             f"spread/skill | power 2-20 km | {design}: coarse MAE / input | coarse CRPS / input | "
-             "1 km CRPS / bilinear(input) | p99.99 / truth max | max / truth max |",
+    lines = [f"| source | frame | window (row, col) | truth max mm/h | downscaling fair CRPS / better bilinear | "
+             f"spread/skill | power 2-20 km | {design}: coarse MAE / input | coarse fair CRPS / input | "
+             "1 km fair CRPS / bilinear(input) | p99.99 / truth max | max / truth max |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
-        down, two, tmax = r[f"down_{d}"], r[f"two_{design}"], max(r["truth_max"], 1e-6)
+        down, two, tmax = r[f"down_{d}"], r[f"two_{design}"], r["truth_max"]
         better = min(down["bilinear_mean_mae"], down["bilinear_max_mae"])
         lines.append(f"| {r['source']} | {r['frame']} | {r['row0']}, {r['col0']} | {r['truth_max']:.1f} | "
-                     f"{down['crps'] / better:.3f} | {down['spread_skill']:.2f} | {down['psd_ratio']:.2f} | "
-                     f"{two['coarse_mae'] / r['sat_mae']:.2f} | {two['coarse_crps'] / r['sat_mae']:.2f} | "
-                     f"{two['crps'] / r['sat_bilinear_mae']:.3f} | {two['p9999'] / tmax:.2f} | {two['max'] / tmax:.2f} |")
+                     f"{down['fair_crps'] / better:.3f} | {down['spread_skill']:.2f} | {down['psd_ratio']:.2f} | "
+                     f"{two['coarse_mae'] / r['sat_mae']:.2f} | {two['coarse_fair_crps'] / r['sat_mae']:.2f} | "
+                     f"{two['fair_crps'] / r['sat_bilinear_mae']:.3f} | {peak_ratio(two['p9999'], tmax):.2f} | "
+                     f"{peak_ratio(two['max'], tmax):.2f} |")
     return "\n".join(lines)
 
 
@@ -331,7 +341,7 @@ def main(argv=None) -> None:
     print(markdown(res))
 
 
-# Satellite-error models perturbed from the fit (train/DEGRADATION.md): stronger/weaker bias, larger
+# Satellite-error models perturbed from the fit (docs/degradation.md): stronger/weaker bias, larger
 # displacement, more noise and misses; "fitted" is the fit itself, the reference of a perturbed run made
 # with the same --windows/--members.
 PERTURBATIONS = {"fitted": {}, "bias_low": {"bias_a": 0.8}, "bias_high": {"bias_a": 1.5}, "shift_3px": {"shift_px": 3.0},

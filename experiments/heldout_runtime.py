@@ -1,16 +1,16 @@
 """The held-out two-stage cases through the runtime's own route (`Pipeline.sample` on an InputField, as
 `precipfast sample --bbox` runs them), for the shipped bundle and for it run the way 0.3.1 was: the
-correction stage in one tile and without the file's pixels around the crop (MODEL_CARD.md, "The
+correction stage in one tile and without the file's pixels around the crop (docs/experiments.md, "The
 runtime's route").
 
     python -m experiments.heldout_runtime --out out/heldout_runtime [--members 8] [--seeds 0,1]
-        [--error-seeds 0,1,2,3,4,5,6,7] [--routes shipped] [--bundle B]
+        [--error-seeds 0,1,2,3,4,5,6,7] [--routes shipped] [--model B]
 
 The cases, their satellite-like input (train/degrade.py on the whole coarse frame, the fitted model,
 fixed seed) and the scores are experiments/heldout.py's: the 1 km ensemble's fair CRPS over the MAE of bilinear
 of the input and over that of bilinear of the clean mean-pooled radar (the strongest simple baseline),
 the corrected coarse field's fair CRPS over the input's MAE, and the members' 99.99th
-percentile and maximum over the truth's maximum; beside them the shift oracle's CRPS (experiments/oracle.py), the
+percentile and maximum over the truth's maximum; beside them the shift oracle's fair CRPS (experiments/oracle.py), the
 floor no model of the satellite-like input can expect to beat. experiments/heldout.py samples the checkpoints with its own
 loop; this samples the bundle with the runtime's noise, tiling and guard.
 """
@@ -29,11 +29,12 @@ import torch
 from experiments.heldout import SIZE, fitted_error_model, iter_cases
 from experiments.shift_oracle import case_scores, frame_shift
 from precipfast.config import DegradationConfig
-from precipfast.grid import upsample
+from precipfast.noise import Origin
 from precipfast.runtime.engines.bundle import default_bundle_path, open_bundle
 from precipfast.runtime.files.reader import CONTEXT_PX, Context, InputField
-from precipfast.runtime.sampling.pipeline import Origin, Pipeline
-from precipfast.verify.scores import crps_ensemble
+from precipfast.runtime.sampling.pipeline import Pipeline
+from precipfast.verify.baselines import bilinear
+from precipfast.verify.scores import fair_crps, mae, peak_ratio, ratio_of_sums
 
 ROUTES = ("shipped", "one_tile_no_context")
 
@@ -64,8 +65,8 @@ def one_tile_bundle(bundle: Path, into: Path) -> Path:
 
 def score(res: dict, truth: torch.Tensor, lr: np.ndarray) -> dict:
     ens, corr = torch.from_numpy(res["precip"][0]), torch.from_numpy(res["corrected_lr"][0])
-    return {"crps": float(crps_ensemble(ens, truth, fair=True).mean()),
-            "coarse_crps": float(crps_ensemble(corr, torch.from_numpy(lr), fair=True).mean()),
+    return {"fair_crps": float(fair_crps(ens, truth).mean()),
+            "coarse_fair_crps": float(fair_crps(corr, torch.from_numpy(lr)).mean()),
             "p9999": float(torch.quantile(ens.flatten().double(), 0.9999)), "max": float(ens.max())}
 
 
@@ -92,12 +93,11 @@ def run(data_dir, *, members: int = 8, seeds=(0,), bundle=None, ckpt="checkpoint
             n, ly, lx = SIZE // f, y // f, x // f
             truth = torch.from_numpy(np.ascontiguousarray(frame[y:y + SIZE, x:x + SIZE]))
             lr, sat = lr_frame[ly:ly + n, lx:lx + n], sat_frame[ly:ly + n, lx:lx + n]
-            bil = lambda c: upsample(torch.from_numpy(np.ascontiguousarray(c))[None, None], f, "bilinear")[0, 0]  # noqa: E731
             row = {"source": source, "frame": t, "row0": y, "col0": x, "truth_max": float(truth.max()),
-                   "sat_mae": float(np.abs(sat - lr).mean()),
-                   "sat_bilinear_mae": float((bil(sat).clamp_min(0) - truth).abs().mean()),
+                   "sat_mae": mae(torch.from_numpy(sat), torch.from_numpy(lr)),
+                   "sat_bilinear_mae": mae(bilinear(sat, f), truth),
                    # the strongest simple baseline: bilinear of the clean mean-pooled radar
-                   "clean_bilinear_mae": float((bil(lr).clamp_min(0) - truth).abs().mean())}
+                   "clean_bilinear_mae": mae(bilinear(lr, f), truth)}
             # the information floor (experiments/oracle.py): the truth itself, placed as the input's shift allows
             shift = frame_shift(deg, error_seed, t)
             row["shift"] = shift.tolist()
@@ -145,31 +145,32 @@ def correction_domains(data_dir, *, members: int = 32, seed: int = 5, bundle=Non
                 wide = np.ascontiguousarray(sat_frame[y0:ly + n + c, x0:lx + n + c])
                 out = pipes[tile].sample_field(wide, members, None, seed, origin=Origin(y0, x0, sat_frame.shape[1]))
                 ens = torch.from_numpy(out["corrected_lr"][:, ly - y0:ly - y0 + n, lx - x0:lx - x0 + n])
-                np.add.at(sums[name], (0, ring), crps_ensemble(ens, lr, fair=True).numpy())
+                np.add.at(sums[name], (0, ring), fair_crps(ens, lr).numpy())
                 np.add.at(sums[name], (1, ring), 1)
             print(f"heldout_runtime: correction domains, {source} frame {t} window ({y}, {x})", file=sys.stderr,
                   flush=True)
     sat_ring = sat_sums[0] / sat_sums[1]
-    return {name: {"coarse_crps_over_input": float(v[0].sum() / sat_sums[0].sum()),
+    return {name: {"coarse_fair_crps_over_input": float(v[0].sum() / sat_sums[0].sum()),
                    "by_ring": (v[0] / v[1] / sat_ring).round(4).tolist()} for name, v in sums.items()}
 
 
 def summarise(rows: list, seeds, routes=ROUTES) -> dict:
     out = {}
-    if rows and "shift_oracle_crps" in rows[0]:
-        out["shift_oracle"] = {k: sum(r["shift_oracle_crps"] for r in rows) / sum(r[d] for r in rows)
-                               for k, d in (("crps_over_bilinear_input", "sat_bilinear_mae"),
-                                            ("crps_over_bilinear_clean", "clean_bilinear_mae"))}
-        out["shift_oracle"]["coarse_crps_over_input"] = (sum(r["shift_oracle_coarse_crps"] for r in rows)
-                                                         / sum(r["sat_mae"] for r in rows))
+    col = lambda key: [r[key] for r in rows]  # noqa: E731
+    if rows and "shift_oracle_fair_crps" in rows[0]:
+        out["shift_oracle"] = {
+            "fair_crps_over_bilinear_input": ratio_of_sums(col("shift_oracle_fair_crps"), col("sat_bilinear_mae")),
+            "fair_crps_over_bilinear_clean": ratio_of_sums(col("shift_oracle_fair_crps"), col("clean_bilinear_mae")),
+            "coarse_fair_crps_over_input": ratio_of_sums(col("shift_oracle_coarse_fair_crps"), col("sat_mae"))}
     for route in routes:
         for s in seeds:
             k = f"{route}_{s}"
-            out[k] = {"crps_over_bilinear_input": sum(r[k]["crps"] for r in rows) / sum(r["sat_bilinear_mae"] for r in rows),
-                      "crps_over_bilinear_clean": sum(r[k]["crps"] for r in rows) / sum(r["clean_bilinear_mae"] for r in rows),
-                      "coarse_crps_over_input": sum(r[k]["coarse_crps"] for r in rows) / sum(r["sat_mae"] for r in rows),
-                      "worst_p9999_over_truth_max": max(r[k]["p9999"] / max(r["truth_max"], 1e-6) for r in rows),
-                      "worst_max_over_truth_max": max(r[k]["max"] / max(r["truth_max"], 1e-6) for r in rows)}
+            fair, coarse = [r[k]["fair_crps"] for r in rows], [r[k]["coarse_fair_crps"] for r in rows]
+            out[k] = {"fair_crps_over_bilinear_input": ratio_of_sums(fair, col("sat_bilinear_mae")),
+                      "fair_crps_over_bilinear_clean": ratio_of_sums(fair, col("clean_bilinear_mae")),
+                      "coarse_fair_crps_over_input": ratio_of_sums(coarse, col("sat_mae")),
+                      "worst_p9999_over_truth_max": max(peak_ratio(r[k]["p9999"], r["truth_max"]) for r in rows),
+                      "worst_max_over_truth_max": max(peak_ratio(r[k]["max"], r["truth_max"]) for r in rows)}
     return out
 
 
@@ -184,10 +185,13 @@ def main(argv=None) -> None:
     ap.add_argument("--routes", default=",".join(ROUTES), help=f"comma list of {', '.join(ROUTES)}")
     ap.add_argument("--error-seeds", default="0",
                     help="comma list of draws of the satellite-error model degrading the frames, each scored")
-    ap.add_argument("--bundle", default=None, help="a bundle to score instead of the shipped one")
+    ap.add_argument("--model", default=None, help="a bundle to score instead of the shipped one")
+    ap.add_argument("--bundle", help=argparse.SUPPRESS)   # the old name, refused with a pointer
     ap.add_argument("--correction-domains", action="store_true",
                     help="score the correction stage alone in each of DOMAINS instead (32 members, each seed)")
     args = ap.parse_args(argv)
+    if args.bundle is not None:
+        ap.error("--bundle is now --model (the name every command uses for a bundle)")
     torch.set_num_threads(2)
     seeds = tuple(int(s) for s in args.seeds.split(","))
     if args.correction_domains:
@@ -196,7 +200,8 @@ def main(argv=None) -> None:
         (Path(args.out) / "correction_domains.json").write_text(json.dumps(res, indent=1) + "\n")
         for s, r in res.items():
             for k, v in r.items():
-                print(f"seed {s} {k}: coarse CRPS / input {v['coarse_crps_over_input']:.3f}, ring 0 {v['by_ring'][0]:.3f}")
+                print(f"seed {s} {k}: coarse fair CRPS / input {v['coarse_fair_crps_over_input']:.3f}, "
+                      f"ring 0 {v['by_ring'][0]:.3f}")
         return
     routes = tuple(args.routes.split(","))
     if not routes or set(routes) - set(ROUTES):
@@ -205,7 +210,7 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     draws = {}
     for e in (int(v) for v in args.error_seeds.split(",")):
-        res = run(args.data, members=args.members, seeds=seeds, bundle=args.bundle, ckpt=args.ckpt,
+        res = run(args.data, members=args.members, seeds=seeds, bundle=args.model, ckpt=args.ckpt,
                   max_windows=args.windows, routes=routes, error_seed=e)
         (out / ("heldout_runtime.json" if not e else f"heldout_runtime_e{e}.json")).write_text(
             json.dumps(res, indent=1) + "\n")

@@ -1,7 +1,7 @@
 """The information floor of the satellite-error model: how well any two-stage model could score on the
 held-out cases, given what the satellite-like input can tell it.
 
-The fitted error model (train/degrade.py, DEGRADATION.md) shifts each frame by (dy, dx) ~ N(0, s^2) coarse
+The fitted error model (train/degrade.py, docs/degradation.md) shifts each frame by (dy, dx) ~ N(0, s^2) coarse
 pixels, s = 2.0 (the term that brings the correlation with the truth to the literature's 0.5). Nothing in
 the degraded field says which shift it got, so given the satellite-like field the truth sits at the
 field's position minus a shift drawn from that same prior.
@@ -33,7 +33,7 @@ from experiments.heldout_runtime import run
 def floor(data_dir, error_seeds=(0,), ckpt="checkpoints/v2", cases=None, max_windows: int | None = None,
           shift_px: float | None = None) -> dict:
     """{draw: the held-out suite's oracle ratios (experiments/heldout_runtime.py's "shift_oracle" summary: fair
-    CRPS over the MAE of bilinear of the input, and coarse CRPS over the input's MAE) and its rows} for each
+    CRPS over the MAE of bilinear of the input, and coarse fair CRPS over the input's MAE) and its rows} for each
     draw of the error model, without sampling any model; shift_px replaces the fitted displacement (what the
     floor would be for a better or worse located satellite)."""
     deg, _ = fitted_error_model(ckpt)
@@ -61,9 +61,10 @@ def main(argv=None) -> None:
     name = "oracle.json" if args.shift_px is None else f"oracle_shift{args.shift_px:g}.json"
     (Path(args.out) / name).write_text(json.dumps(res, indent=1) + "\n")
     for e, r in res.items():
-        print(f"error draw {e}: shift oracle 1 km CRPS / bilinear(input) {r['crps_over_bilinear_input']:.3f}, "
-              f"coarse CRPS / input MAE {r['coarse_crps_over_input']:.3f}")
-    for k in ("crps_over_bilinear_input", "coarse_crps_over_input"):
+        print(f"error draw {e}: shift oracle 1 km fair CRPS / bilinear(input) "
+              f"{r['fair_crps_over_bilinear_input']:.3f}, "
+              f"coarse fair CRPS / input MAE {r['coarse_fair_crps_over_input']:.3f}")
+    for k in ("fair_crps_over_bilinear_input", "coarse_fair_crps_over_input"):
         v = [r[k] for r in res.values()]
         print(f"{k}: mean over {len(v)} draws {np.mean(v):.3f} (min {min(v):.3f}, max {max(v):.3f})")
 

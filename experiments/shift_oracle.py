@@ -10,7 +10,7 @@ import torch
 from experiments.heldout import frame_generator
 from precipfast.config import DegradationConfig
 from precipfast.train.degrade import draw_shift, shift_bilinear
-from precipfast.verify.scores import crps_ensemble
+from precipfast.verify.scores import fair_crps
 
 MEMBERS = 32
 SEED = 99
@@ -47,5 +47,5 @@ def case_scores(frame: np.ndarray, lr_frame: np.ndarray, y: int, x: int, size: i
     lr = torch.from_numpy(np.ascontiguousarray(lr_frame[ly:ly + n, lx:lx + n]))
     placed = shift_oracle(frame, y, x, size, shift, shift_px, factor)
     placed_lr = shift_oracle(lr_frame, ly, lx, n, shift, shift_px, 1)
-    return {"shift_oracle_crps": float(crps_ensemble(placed, truth, fair=True).mean()),
-            "shift_oracle_coarse_crps": float(crps_ensemble(placed_lr, lr, fair=True).mean())}
+    return {"shift_oracle_fair_crps": float(fair_crps(placed, truth).mean()),
+            "shift_oracle_coarse_fair_crps": float(fair_crps(placed_lr, lr).mean())}

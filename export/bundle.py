@@ -14,7 +14,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from precipfast import _version
-from precipfast.config import STAGES, EDMConfig, SamplerConfig, TransformConfig, UNetConfig, from_dict, to_dict
+from precipfast.config import (
+    POOLINGS,
+    STAGES,
+    EDMConfig,
+    SamplerConfig,
+    TransformConfig,
+    UNetConfig,
+    from_dict,
+    to_dict,
+)
 from precipfast.errors import EngineMismatchError, InputFormatError, OutputError
 from precipfast.export.onnx import export_onnx
 from precipfast.runtime.engines.bundle import BASE_COND, FORMAT, FORMAT_VERSION, MANIFEST, PARITY, validate_manifest
@@ -48,8 +57,8 @@ def _stage_entry(stage: str, denoiser, cfg: dict, cond_names) -> dict:
     if stage == "correction" and crop:
         # The coarse stage runs at the size of its training crops, overlapping by a quarter: one evaluation a
         # member costs little at any tile size, and on 128 px domains a 32 px-trained generator scores 3 %
-        # worse coarse CRPS than tiled at 32 (MODEL_CARD.md, "The runtime's route"). The diffusion
-        # stage keeps the user's --tile (128 px default: the measured speed/skill trade, README "Tiling").
+        # worse coarse CRPS than tiled at 32 (docs/experiments.md, "The runtime's route"). The diffusion
+        # stage keeps the user's --tile (128 px default: the measured speed/skill trade, docs/sampling.md).
         entry["tile"] = {"size": int(crop), "overlap": int(crop) // 4}
     return entry
 
@@ -70,7 +79,7 @@ def write_bundle(out_dir, stages: dict, *, name: str, model_version: str, scale_
                           "or choose another --out")
     if not stages:
         raise ValueError("write_bundle needs at least one stage")
-    if pooling not in ("max", "mean") or int(scale_factor) != scale_factor or scale_factor < 1:
+    if pooling not in POOLINGS or int(scale_factor) != scale_factor or scale_factor < 1:
         raise ValueError(f"pooling must be 'max' or 'mean' and scale_factor a positive int; got {pooling!r}, "
                          f"{scale_factor!r}")
     if abs(lr_pixel_deg / hr_pixel_deg - scale_factor) > 1e-6 * scale_factor:

@@ -20,24 +20,23 @@ import torch
 
 from precipfast import noise as pf_noise
 from precipfast.kernels._triton import BLOCK, LAUNCH, interpreting, lazy_jit, libdevice, tl, triton
+from precipfast.noise import Origin
 
 
 @dataclass(frozen=True)
 class NoiseWindow:
-    """Where a batch of member fields sits in the noise space: seed, member ids, stage, and the
-    window's first global row and column on a grid of `width` columns (`precipfast/noise.py`)."""
+    """Where a batch of member fields sits in the noise space: seed, member ids, stage, and the window's
+    Origin on the global grid (`precipfast/noise.py`)."""
     seed: int
     members: tuple[int, ...]
     stage: str
-    row0: int = 0
-    col0: int = 0
-    width: int = 0  # global grid width in pixels
+    origin: Origin
 
     def __post_init__(self):
-        pf_noise._check_ids(self.seed, self.members, self.stage, 0)
-        if self.width < 1 or self.row0 < 0 or self.col0 < 0:
-            raise ValueError(f"noise window needs row0, col0 >= 0 and width >= 1, got "
-                             f"{self.row0}, {self.col0}, {self.width}")
+        pf_noise.check_ids(self.seed, self.members, self.stage, 0)
+        o = self.origin
+        if o.width < 1 or o.row0 < 0 or o.col0 < 0:
+            raise ValueError(f"noise window needs row0, col0 >= 0 and width >= 1, got {o.row0}, {o.col0}, {o.width}")
 
 
 def member_noise_reference(x: torch.Tensor, win: NoiseWindow, step: int, scale: float,
@@ -45,8 +44,8 @@ def member_noise_reference(x: torch.Tensor, win: NoiseWindow, step: int, scale: 
     """x (E, 1, H, W) <- scale * eps (accumulate=False) or x + scale * eps (True), eps the members' noise
     at `step`. Returns a new tensor (x is not modified): the allocating twin of the kernel."""
     e, _, h, w = x.shape
-    eps = pf_noise.normal_members(win.seed, win.members, win.stage, step, win.row0, win.row0 + h,
-                                  win.col0, win.col0 + w, win.width).to(x)
+    eps = pf_noise.normal_members(win.seed, win.members, win.stage, step, win.origin.row0, win.origin.row0 + h,
+                                  win.origin.col0, win.origin.col0 + w, win.origin.width).to(x)
     return x + scale * eps if accumulate else eps * scale
 
 
@@ -56,8 +55,8 @@ def member_noise_inplace(x: torch.Tensor, win: NoiseWindow, step: int, scale: fl
     temporaries at most). Bit-identical to `member_noise_reference`."""
     _, _, h, w = x.shape
     for k, m in enumerate(win.members):
-        eps = pf_noise.normal(win.seed, m, win.stage, step, range(win.row0, win.row0 + h),
-                              range(win.col0, win.col0 + w), win.width, device=x.device).to(x)
+        eps = pf_noise.normal(win.seed, m, win.stage, step, range(win.origin.row0, win.origin.row0 + h),
+                              range(win.origin.col0, win.origin.col0 + w), win.origin.width, device=x.device).to(x)
         if accumulate:
             x[k, 0].add_(eps.mul_(scale))
         else:
@@ -136,7 +135,7 @@ def member_noise(x: torch.Tensor, win: NoiseWindow, step: int, scale: float, acc
     if x.numel() == 0:
         return x
     grid = (triton.cdiv(h * w, BLOCK), e)
-    _member_noise_kernel[grid](x, member_ids, h * w, w, win.row0, win.col0, win.width,
+    _member_noise_kernel[grid](x, member_ids, h * w, w, win.origin.row0, win.origin.col0, win.origin.width,
                                win.seed & 0xFFFFFFFF, win.seed >> 32,
                                (pf_noise.STAGE_IDS[win.stage] << 16) | step, float(scale),
                                ACCUMULATE=accumulate, LIBDEVICE=not interpreting(), BLOCK=BLOCK, **LAUNCH)

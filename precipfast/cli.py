@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
+import re
+import typing
 from pathlib import Path
 
 import click
 
 from precipfast._version import __version__
-from precipfast.config import DataConfig, TrainConfig, UNetConfig
+from precipfast.config import KINDS, RENAMED, STAGES, DataConfig, SamplerConfig, TrainConfig, UNetConfig
 from precipfast.errors import PrecipfastError
 from precipfast.options import (
     BenchOptions,
@@ -23,6 +26,8 @@ from precipfast.options import (
     fmt_number,
     parse_list,
 )
+from precipfast.runtime.engines.choices import check_device_name
+from precipfast.train.recipe_configs import CORRECTION_KIND, DESIGNS, configs
 
 
 def _friendly(fn):
@@ -99,67 +104,136 @@ def main(debug):
 
 
 # ---------------------------------------------------------------------------- train
+# `train` takes the recipe's configs of a stage (train/recipe_configs.py) and one flag per field of them,
+# named as the field (--batch-size <-> batch_size), default None: the recipe's value. Left out: the stage
+# (its own flag), the channels the data fixes, nested configs (transform, degradation) and the sampler's
+# settings other than the validation ensemble's schedule.
+TRAIN_LEFT_OUT = ("stage", "in_channels", "cond_channels", "out_channels")
+TRAIN_SAMPLER = ("num_steps", "sigma_max", "rho")
+RECIPE = {design: configs(*design) for design in DESIGNS}
+
+
+def _train_fields() -> list:
+    """(config key, field, type) of every setting `train` takes as a flag."""
+    out = []
+    for key, cls in (("train", TrainConfig), ("unet", UNetConfig), ("data", DataConfig), ("sampler", SamplerConfig)):
+        hints = typing.get_type_hints(cls)
+        out += [(key, f, hints[f.name]) for f in dataclasses.fields(cls)
+                if (f.name in TRAIN_SAMPLER if cls is SamplerConfig else f.name not in TRAIN_LEFT_OUT)
+                and (hints[f.name] in (int, float, str, bool) or typing.get_origin(hints[f.name]) is tuple)]
+    return out
+
+
+def _as_setting(value, f: dataclasses.Field, kind):
+    """A flag's value as its field holds it: a list from 'A,B,..' ('none': empty), anything else as given."""
+    if typing.get_origin(kind) is not tuple:
+        return value
+    if value.strip().lower() == "none":
+        return ()
+    items = parse_list(value, typing.get_args(kind)[0], flag_of(f))
+    if not items:
+        raise ValueError(f"{flag_of(f)} must be a comma list of {typing.get_args(kind)[0].__name__} values or "
+                         f"'none', got {value!r}")
+    return items
+
+
+def _comments(cls) -> dict:
+    """Each field's comment in precipfast/config.py (beside it, and the comment lines under it): the one
+    description of a setting, shown as its flag's help."""
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    out, name = {}, None
+    for line in lines:
+        field_line, more = re.match(r"    (\w+): [^#]*#\s*(.*)$", line), re.match(r"\s{8,}#\s*(.*)$", line)
+        if field_line:
+            name, out[field_line[1]] = field_line[1], field_line[2]
+        elif more and name:
+            out[name] += ("" if out[name].endswith("-") else " ") + more[1]
+        else:
+            name = None
+    return out
+
+
+def _recipe_note(key: str, name: str) -> str:
+    """"Default: the recipe's (...)": a setting's value in the recipe, per stage and correction kind."""
+    def show(v):
+        return (",".join(map(str, v)) or "none") if isinstance(v, tuple) else f"{v:g}" if isinstance(v, float) else v
+    down = show(getattr(RECIPE["downscaling", None][key], name))
+    kinds: dict = {}
+    for (stage, kind), c in RECIPE.items():
+        if stage == "correction":
+            kinds.setdefault(show(getattr(c[key], name)), []).append(kind)
+    if list(kinds) == [down]:
+        return f"Default: the recipe's ({down})"
+    corr = ", ".join(f"{v} (kind {', '.join(k)})" for v, k in kinds.items()) if len(kinds) > 1 else next(iter(kinds))
+    return f"Default: the recipe's (downscaling {down}, correction {corr})"
+
+
+def _refuse_renamed(ctx, param, value):
+    """An old flag of `train` (config.RENAMED): a usage error naming the new one."""
+    if value is not None:
+        why = "optimiser iterations; --steps means sampler steps elsewhere" if "steps" in param.name else \
+            "lr means low resolution elsewhere"
+        raise click.UsageError(f"{param.opts[0]} is now --{RENAMED[TrainConfig][param.name].replace('_', '-')} "
+                               f"({why})", ctx)
+
+
+def train_settings(fn):
+    """Click options generated from the fields of the configs the recipe fills (TrainConfig, UNetConfig,
+    DataConfig, and the sampler's TRAIN_SAMPLER), default None = the recipe's; the command gets them as
+    keyword arguments of the field names (a list as its text). Old names (config.RENAMED) are refused with
+    the new one."""
+    notes = {cls: _comments(cls) for cls in (TrainConfig, UNetConfig, DataConfig, SamplerConfig)}
+    owner = {"train": TrainConfig, "unet": UNetConfig, "data": DataConfig, "sampler": SamplerConfig}
+    for key, f, kind in reversed(_train_fields()):
+        what = notes[owner[key]].get(f.name, "").rstrip(".")
+        what = ("Validation sampler, kept in the checkpoint: " + what) if key == "sampler" else what
+        listed = typing.get_origin(kind) is tuple
+        fn = click.option(flag_of(f), f.name, type=str if listed else kind, default=None,
+                          metavar="A,B,..|none" if listed else None,
+                          help=f"{what[:1].upper() + what[1:]}{'. ' if what else ''}{_recipe_note(key, f.name)}.")(fn)
+    for old in RENAMED[TrainConfig]:
+        fn = click.option("--" + old.replace("_", "-"), old, hidden=True, is_eager=True, expose_value=False,
+                          callback=_refuse_renamed)(fn)
+    return click.option("--sigma-data", hidden=True, is_eager=True, expose_value=False, callback=_refuse_gone)(fn)
+
+
+def _refuse_gone(ctx, param, value):
+    """--sigma-data of the old `train`: sigma_data is now always measured, as the recipe did."""
+    if value is not None:
+        raise click.UsageError("--sigma-data is gone: train measures sigma_data on the stage's own training "
+                               "targets (the recipe's rule, written into the checkpoint)", ctx)
+
+
 @main.command()
-@click.option("--stage", type=click.Choice(["correction", "downscaling"]), required=True)
-@click.option("--data", "data_dir", default=default_of(ValidateOptions, "data"), show_default=True,
-              help="Radar data directory.")
-@click.option("--out", "out_dir", required=True, help="Checkpoint directory (config.json + safetensors).")
-@click.option("--steps", default=default_of(TrainConfig, "steps"), show_default=True)
-@click.option("--batch-size", default=default_of(TrainConfig, "batch_size"), show_default=True)
-@click.option("--lr", default=default_of(TrainConfig, "lr"), show_default=True)
-@click.option("--warmup-steps", default=default_of(TrainConfig, "warmup_steps"), show_default=True)
-@click.option("--ema-halflife-steps", default=default_of(TrainConfig, "ema_halflife_steps"), show_default=True)
-@click.option("--model-channels", default=default_of(UNetConfig, "model_channels"), show_default=True)
-@click.option("--channel-mult", default=default_of(UNetConfig, "channel_mult"), show_default=True)
-@click.option("--num-blocks", default=default_of(UNetConfig, "num_blocks"), show_default=True)
-@click.option("--attn-levels", default=default_of(UNetConfig, "attn_levels"), show_default=True)
-@click.option("--pooling", type=click.Choice(["max", "mean"]), default=default_of(DataConfig, "pooling"),
-              show_default=True)
-@click.option("--patch-hr", default=default_of(DataConfig, "patch_hr"), show_default=True)
-@click.option("--patch-lr", default=default_of(DataConfig, "patch_lr"), show_default=True)
-@click.option("--sigma-data", default="auto", show_default=True,
-              help="EDM sigma_data; 'auto' = std of the stage's residual targets.")
-@click.option("--val-every", default=default_of(TrainConfig, "val_every"), show_default=True)
-@click.option("--checkpoint-every", default=default_of(TrainConfig, "checkpoint_every"), show_default=True)
-@click.option("--seed", default=default_of(TrainConfig, "seed"), show_default=True)
-@click.option("--threads", default=default_of(TrainConfig, "threads"), show_default=True,
-              help="torch CPU threads (0 = all cores).")
+@click.option("--stage", type=click.Choice(STAGES), required=True)
+@click.option("--out", required=True, help="Checkpoint directory (config.json + safetensors).")
+@click.option("--kind", type=click.Choice(KINDS), default=None,
+              help=f"The correction stage's model (default: the recipe's, {CORRECTION_KIND}).")
+@click.option("--mean", default=None, metavar="CHECKPOINT",
+              help="--kind mean+edm: the regression checkpoint whose network is the frozen mean (CorrDiff).")
+@click.option("--init", default=None, metavar="CHECKPOINT",
+              help="--kind crps: start from this regression checkpoint's network (then train all of it).")
+@click.option("--data", default=default_of(ValidateOptions, "data"), show_default=True, help="Radar data directory.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--resume", is_flag=True, help="Continue the checkpoint in --out.")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@train_settings
 @_friendly
-def train(stage, data_dir, out_dir, steps, batch_size, lr, warmup_steps, ema_halflife_steps, model_channels,
-          channel_mult, num_blocks, attn_levels, pooling, patch_hr, patch_lr, sigma_data, val_every,
-          checkpoint_every, seed, threads, device, resume, quiet):
-    """Train one stage on real radar (correction: degraded coarse -> coarse; downscaling: coarse -> 1 km)."""
-    import torch
-
-    from precipfast.config import EDMConfig, SamplerConfig
-    from precipfast.runtime.engines.choices import check_device_name
-    from precipfast.train.data import PairDataset, residual_std
-    from precipfast.train.loop import train as run_train
-
-    # Every setting is checked before any data is read.
-    data_cfg = DataConfig(pooling=pooling, patch_hr=patch_hr, patch_lr=patch_lr)
-    unet_cfg = UNetConfig(model_channels=model_channels, channel_mult=parse_list(channel_mult, int, "--channel-mult"),
-                          num_blocks=num_blocks, attn_levels=parse_list(attn_levels, int, "--attn-levels"),
-                          cond_channels=1)
-    train_cfg = TrainConfig(stage=stage, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-                            ema_halflife_steps=ema_halflife_steps, val_every=val_every,
-                            checkpoint_every=checkpoint_every, seed=seed, threads=threads)
+def train(stage, out, kind, mean, init, data, device, resume, quiet, **settings):
+    """Train one stage on real radar with the shipped model's recipe (correction: degraded coarse -> coarse;
+    downscaling: coarse -> 1 km). Each setting given replaces the recipe's value for the stage."""
     check_device_name(device)
-    sd = None if sigma_data == "auto" else EDMConfig(sigma_data=parse_list(sigma_data, float, "--sigma-data")[0]).sigma_data
-    if threads:
-        torch.set_num_threads(threads)
-    train_data = PairDataset(data_cfg, stage, "train", data_dir)
-    val_data = PairDataset(data_cfg, stage, "val", data_dir)
-    if sd is None:
-        sd = residual_std(train_data, n=256, generator=torch.Generator().manual_seed(seed))
-        click.echo(f"sigma_data (std of {stage} residuals) = {sd:.4f}", err=True)
-    summary = run_train(train_cfg, data_cfg, unet_cfg, EDMConfig(sigma_data=round(sd, 4)), SamplerConfig(),
-                        train_data, val_data, out_dir, device=device, resume=resume, progress=not quiet)
-    last = summary["history"][-1] if summary["history"] else {}
-    click.echo(json.dumps({"out": str(out_dir), "step": summary["step"], **last}))
+    fields = {f.name: (f, hint) for _, f, hint in _train_fields()}
+    overrides = {name: _as_setting(value, *fields[name]) for name, value in settings.items() if value is not None}
+    from precipfast.train.recipe import run  # torch: after the flags are checked
+    summary = run(stage, out, kind=kind, mean=mean, init=init, overrides=overrides, data_dir=data, device=device,
+                  resume=resume, progress=not quiet)
+    click.echo(json.dumps({"out": str(out), "stage": stage, "iterations": summary["step"],
+                           "sigma_data": summary["edm"]["sigma_data"], "denoised_max": summary["edm"]["denoised_max"],
+                           "last_validation": summary["history"][-1] if summary["history"] else {}}))
 
 
 # ---------------------------------------------------------------------------- export
@@ -212,8 +286,8 @@ def info(path, show_backends):
 @options_of(DemoOptions)
 @_friendly
 def demo(**settings):
-    """Run the shipped model on the real IMERG field shipped in the package: writes an output file and a
-    quick-look PNG."""
+    """Run the shipped model on the demo field (a real IMERG crop beside ../shared/data, a synthetic field
+    elsewhere): writes the input, an output file and a quick-look PNG."""
     from precipfast.jobs.demo import run_demo
     click.echo(json.dumps(run_demo(_build(DemoOptions, settings))))
 
@@ -223,8 +297,9 @@ def demo(**settings):
 @options_of(ValidateOptions)
 @_friendly
 def validate(**settings):
-    """Verify the ensemble on held-out real radar: CRPS, MAE/RMSE/correlation, spread/skill and the
-    2-20 km power spectrum against bilinear upsampling. Prints the metrics as JSON."""
+    """Sample held-out radar days the model never trained on and score them: fair CRPS, MAE/RMSE/correlation,
+    spread/skill and the 2-20 km power spectrum against bilinear upsampling. Prints the metrics as JSON.
+    (`evaluate` scores an ensemble you sampled against your own truth instead.)"""
     from precipfast.jobs.validate import summary
     from precipfast.jobs.validate import validate as run_validate
     opts = _build(ValidateOptions, settings)
@@ -247,7 +322,8 @@ def validate(**settings):
 def evaluate(ensemble_path, truth_path, input_path, variable, truth_variable, json_path, plots_dir, quiet):
     """Verify an ensemble written by `sample` against your own 1 km truth: fair CRPS, MAE/RMSE of the mean,
     bias, correlation, spread/skill, rank histogram, power spectra, fractions skill score, each beside
-    bilinear/nearest of the input and bilinear of the mean-pooled truth. Prints a table."""
+    bilinear/nearest of the input and bilinear of the mean-pooled truth. Prints a table. (`validate` samples
+    and scores the held-out radar days instead.)"""
     from precipfast.verify.evaluate import format_table, run
     progress = None if quiet else (lambda msg: click.echo(msg, err=True))
     result = run(ensemble_path, truth_path, json_path=json_path, plots_dir=plots_dir, input_path=input_path,

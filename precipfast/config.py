@@ -12,13 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 STAGES = ("correction", "downscaling")
+POOLINGS = ("mean", "max")   # how the coarse field pools the fine one (grid.coarsen)
 
-# Tile edge and overlap (pixels of the stage's grid). 128 px: the U-Nets attend over every pixel of a
-# tile at 1/4 resolution, so the attention cost per pixel grows with the tile's area; measured on the
-# shipped downscaling net through ONNX Runtime (2 cores), per useful pixel with a 32 px overlap, in two
-# runs: 256 px 5.1 / 3.6-3.9 us, 192 px 4.2 / 3.1 us, 128 px 3.5 / 2.9 us, 96 px 4.6 us (see
-# benchmarks/RESULTS.md). 128 px is also nearer the 80 px training crops, so attention sees contexts
-# of the size it was trained on.
+# Tile edge and overlap (pixels of the stage's grid). 128 px: attention's cost per pixel grows with the
+# tile's area, and 128 px is the fastest per useful pixel (benchmarks/RESULTS.md) and the nearest to the
+# 80 px training crops.
 DEFAULT_TILE = 128
 DEFAULT_OVERLAP = 32
 
@@ -56,7 +54,7 @@ class UNetConfig:
         _check(all(0 <= a < len(self.channel_mult) for a in self.attn_levels),
                f"--attn-levels (unet.attn_levels) must index levels 0..{len(self.channel_mult) - 1}, "
                f"got {self.attn_levels}")
-        _check(0.0 <= self.dropout < 1.0, f"unet.dropout must be in [0, 1), got {self.dropout}")
+        _check(0.0 <= self.dropout < 1.0, f"--dropout (unet.dropout) must be in [0, 1), got {self.dropout}")
 
     @property
     def downsample_factor(self) -> int:
@@ -74,19 +72,12 @@ class EDMConfig:
     Training and sampling agree: ln(sigma) ~ N(p_mean, p_std^2) puts ~2 % of training draws above the
     sampler's sigma_max (8), so the first sampling steps run at noise levels the net was trained on (EDM's
     image defaults, P_mean -1.2 with sigma_max 80, start 4.6 std above the training centre).
-    kind "regression" makes the stage deterministic, CorrDiff's regression mean (Mardani et al. 2025):
-    D(x, sigma, cond) = F(0, 0, cond) whatever x and sigma, trained with a plain MSE; the EDM sampler then
-    returns F exactly, so a regression stage needs no runtime of its own (2 steps suffice).
-    kind "mean+edm" is CorrDiff's full design: a frozen regression mean mu(cond) (same U-Net config) plus
-    EDM diffusion on the remainder y - mu; sigma_data is then the remainder's std (edm.Preconditioned).
-    kind "crps" is a generator of one member per evaluation, F(noise; cond), trained on the fair CRPS of
-    a few members in mm/h (train/loss.py); its sampler has num_steps 1 (edm.Preconditioned)."""
+    The stage kinds (KINDS: diffusion, regression mean, CorrDiff's mean plus diffusion, CRPS generator) are
+    described where they are built, edm.Preconditioned; a "mean+edm" stage's sigma_data is its remainder's std."""
     sigma_data: float = 0.5                 # std of the (residual) data in transformed units
     p_mean: float = -0.8                    # mean of ln(sigma) during training
     p_std: float = 1.4                      # std of ln(sigma) during training
-    kind: str = "edm"                       # "edm" (diffusion), "regression" (deterministic mean) or
-                                            # "mean+edm" (regression mean + diffusion on the remainder)
-                                            # or "crps" (CRPS-trained generator, one evaluation a member)
+    kind: str = "edm"                       # one of KINDS (edm.Preconditioned says what each is)
     # The denoised residual is clamped to [-cond[:, 0], denoised_max] at inference (working space): the
     # rate is never negative and never beyond the largest residual seen in training plus a margin
     # (set per stage from its training targets; inf = no upper bound).
@@ -117,12 +108,12 @@ class SamplerConfig:
                                             # (truncation, Brock et al. 2019; MODEL_CARD.md: isolated spikes)
 
     def __post_init__(self):
-        _check(self.num_steps >= 1, f"sampler.num_steps must be >= 1, got {self.num_steps}")
+        _check(self.num_steps >= 1, f"--num-steps (sampler.num_steps) must be >= 1, got {self.num_steps}")
         _check(self.noise_clip >= 1.0, f"sampler.noise_clip must be >= 1 standard deviation (inf: none), got "
                                        f"{self.noise_clip!r}")
         _check(0 < self.sigma_min < self.sigma_max,
-               f"sampler needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
-        _check(self.rho > 0, f"sampler.rho must be > 0, got {self.rho}")
+               f"sampler needs 0 < sigma_min < sigma_max (--sigma-max), got {self.sigma_min}, {self.sigma_max}")
+        _check(self.rho > 0, f"--rho (sampler.rho) must be > 0, got {self.rho}")
         _check(self.s_churn >= 0, f"sampler.s_churn must be >= 0, got {self.s_churn}")
         _check(self.solver in ("heun", "euler"), f"sampler.solver must be 'heun' or 'euler', got {self.solver!r}")
 
@@ -145,7 +136,7 @@ class DegradationConfig:
 
     r_sat = blur(shift(b * r^gamma_exp)) * lognormal noise, then rain below detect_mm_h removed
     with probability p_miss. Defaults are fitted to the IMERG fields in imerg_samples.h5 against
-    mean-pooled radar (experiments/fit_degradation.py, train/DEGRADATION.md, "mean pooling" column)."""
+    mean-pooled radar (experiments/fit_degradation.py, docs/degradation.md, "mean pooling" column)."""
     bias_a: float = 1.13                    # multiplicative bias factor b at 1 mm/h
     gamma_exp: float = 1.09                 # intensity exponent (<1 would underestimate heavy rain)
     detect_mm_h: float = 0.5                # rates below this are the "light rain" satellites miss (not fitted)
@@ -168,26 +159,27 @@ class DataConfig:
     """Training data: real radar, coarsened, cropped and augmented (train/data.py)."""
     scale_factor: int = 10                  # HR pixels per LR pixel (1 km -> 10 km)
     pooling: str = "mean"                   # "mean" (an IMERG pixel is an areal mean) or "max" (PrecipDiff)
-    hr_pixel_km: float = 1.0
+    hr_pixel_km: float = 1.0                # HR pixel edge, km
     patch_hr: int = 80                      # HR patch edge (multiple of scale_factor), downscaling stage
     patch_lr: int = 24                      # LR patch edge, correction stage
     period_min: int = 30                    # the 1 km target is the mean rate over this period (train/sources.py)
     # Whole days and places: validation never sees a frame next to a training frame (train/sources.py).
-    train_sources: tuple[str, ...] = ("qpe/20160920", "qpe/20160921", "fmi/fmi_20160928", "bom/bom_66_20201031")
-    val_sources: tuple[str, ...] = ("qpe/20160922",)
+    train_sources: tuple[str, ...] = (  # the training days, source/day (train/sources.py)
+        "qpe/20160920", "qpe/20160921", "fmi/fmi_20160928", "bom/bom_66_20201031")
+    val_sources: tuple[str, ...] = ("qpe/20160922",)  # the validation day, source/day
     min_wet_fraction: float = 0.05          # patches drier than this are resampled (most of the time)
     transform: TransformConfig = field(default_factory=TransformConfig)
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
 
     def __post_init__(self):
-        _check(self.scale_factor >= 1, f"data.scale_factor must be >= 1, got {self.scale_factor}")
-        _check(self.pooling in ("max", "mean"), f"--pooling must be 'max' or 'mean', got {self.pooling!r}")
+        _check(self.scale_factor >= 1, f"--scale-factor (data.scale_factor) must be >= 1, got {self.scale_factor}")
+        _check(self.pooling in POOLINGS, f"--pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         _check(isinstance(self.patch_hr, int) and 0 < self.patch_hr <= 4096 and self.patch_hr % self.scale_factor == 0,
                f"--patch-hr must be a positive multiple of scale_factor={self.scale_factor} up to 4096, "
                f"got {self.patch_hr}")
         _check(isinstance(self.patch_lr, int) and 4 <= self.patch_lr <= 4096,
                f"--patch-lr must be an integer in [4, 4096], got {self.patch_lr}")
-        _check(self.period_min >= 1, f"data.period_min must be >= 1, got {self.period_min}")
+        _check(self.period_min >= 1, f"--period-min (data.period_min) must be >= 1, got {self.period_min}")
         object.__setattr__(self, "train_sources", tuple(self.train_sources))
         object.__setattr__(self, "val_sources", tuple(self.val_sources))
         if isinstance(self.transform, dict):
@@ -198,49 +190,49 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings for one stage (train/loop.py)."""
+    """Optimisation settings for one stage (train/loop.py). The optimiser counts iterations; "steps" are
+    sampler steps only (val_steps)."""
     stage: str = "downscaling"              # "correction" or "downscaling"
-    steps: int = 2000                       # optimiser steps
-    batch_size: int = 16
-    lr: float = 2e-3                        # AdamW peak learning rate
-    weight_decay: float = 1e-4
-    warmup_steps: int = 100                 # linear warm-up to lr
+    iterations: int = 2000                  # optimiser iterations
+    batch_size: int = 16                    # training crops per iteration
+    learning_rate: float = 2e-3             # AdamW peak learning rate
+    weight_decay: float = 1e-4              # AdamW weight decay
+    warmup_iterations: int = 100            # linear warm-up to learning_rate
     grad_clip: float = 1.0                  # max global gradient norm
-    ema_halflife_steps: float = 200.0       # EMA of weights, half-life in optimiser steps
-    seed: int = 0
-    val_every: int = 250                    # steps between validation CRPS evaluations
+    ema_halflife_iterations: float = 200.0  # EMA of weights, half-life in optimiser iterations
+    seed: int = 0                           # seeds the weights, each iteration's crops and the validation
+    val_every: int = 250                    # optimiser iterations between validation CRPS evaluations
     val_members: int = 4                    # ensemble members for validation CRPS
-    val_steps: int = 8                      # sampler steps for validation
-    checkpoint_every: int = 250             # steps between checkpoints (the shipped model was trained with 250)
+    val_steps: int = 8                      # sampler steps of the validation ensemble
+    checkpoint_every: int = 250             # optimiser iterations between checkpoints (the shipped model: 250)
     threads: int = 0                        # torch CPU threads (0 = all cores)
-    # kind "crps" stages (train/loss.py crps_loss): the fair CRPS is averaged over the fields block-averaged
-    # by each of these factors (1 = the pixels), and scored on rates ("rate", mm/h) or log1p rates ("log").
-    crps_scales: tuple[int, ...] = (1,)
-    crps_space: str = "rate"
-    crps_max_scales: tuple[int, ...] = ()   # ... and over the fields' block maxima (max-pooled by these)
+    # kind "crps" stages (train/loss.py crps_loss): the loss is the fair CRPS averaged over these scores.
+    crps_scales: tuple[int, ...] = (1,)     # block-mean scales the CRPS scores, coarse px (1 = the pixels; kind crps)
+    crps_space: str = "rate"                # CRPS of rates ("rate", mm/h) or of log1p rates ("log") (kind crps)
+    crps_max_scales: tuple[int, ...] = ()   # block-maximum scales the CRPS scores, coarse px (kind crps)
 
     def __post_init__(self):
         object.__setattr__(self, "crps_scales", tuple(self.crps_scales))
         object.__setattr__(self, "crps_max_scales", tuple(self.crps_max_scales))
         _check(len(self.crps_scales) > 0 and all(isinstance(k, int) and k >= 1 for k in self.crps_scales),
-               f"train.crps_scales must be integers >= 1, got {self.crps_scales!r}")
+               f"--crps-scales must be block sizes >= 1 in coarse px, like 1,2,4,8; got {self.crps_scales!r}")
         _check(all(isinstance(k, int) and k >= 2 for k in self.crps_max_scales),
-               f"train.crps_max_scales must be integers >= 2, got {self.crps_max_scales!r}")
-        _check(self.crps_space in ("rate", "log"), f"train.crps_space must be 'rate' or 'log', got {self.crps_space!r}")
+               f"--crps-max-scales must be 'none' or block sizes >= 2 in coarse px, like 4,8,32; got "
+               f"{self.crps_max_scales!r}")
+        _check(self.crps_space in ("rate", "log"), f"--crps-space must be 'rate' or 'log', got {self.crps_space!r}")
         # Messages name the CLI flag: one name per setting (--batch-size <-> batch_size).
         _check(self.stage in STAGES, f"--stage must be one of {STAGES}, got {self.stage!r}")
-        for name, lo, hi in (("steps", 1, 10 ** 9), ("batch_size", 1, 65536), ("warmup_steps", 0, 10 ** 9),
+        for name, lo, hi in (("iterations", 1, 10 ** 9), ("batch_size", 1, 65536), ("warmup_iterations", 0, 10 ** 9),
                              ("val_every", 1, 10 ** 9), ("checkpoint_every", 1, 10 ** 9), ("seed", 0, 2 ** 63 - 1),
                              ("threads", 0, 4096), ("val_members", 2, 10000), ("val_steps", 1, 1000)):
             v = getattr(self, name)
             _check(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi,
                    f"--{name.replace('_', '-')} must be an integer in [{lo}, {hi}], got {v!r}")
-        for name in ("lr", "ema_halflife_steps"):
+        for name in ("learning_rate", "ema_halflife_iterations"):
             v = getattr(self, name)
             _check(0 < v < math.inf, f"--{name.replace('_', '-')} must be a finite number > 0, got {v!r}")
         _check(0 <= self.weight_decay < math.inf and 0 < self.grad_clip < math.inf,
-               f"train.weight_decay must be >= 0 and train.grad_clip > 0 (finite), got {self.weight_decay}, "
-               f"{self.grad_clip}")
+               f"--weight-decay must be >= 0 and --grad-clip > 0 (finite), got {self.weight_decay}, {self.grad_clip}")
 
 
 def to_dict(cfg: Any) -> dict:
@@ -256,8 +248,17 @@ def to_dict(cfg: Any) -> dict:
     return fix(dataclasses.asdict(cfg))
 
 
+# Keys renamed since a config.json was written, {class: {old: new}}: a checkpoint trained before the rename
+# (issue 27: the optimiser counts "iterations", the learning rate is "learning_rate") still loads.
+RENAMED = {TrainConfig: {"steps": "iterations", "lr": "learning_rate", "warmup_steps": "warmup_iterations",
+                         "ema_halflife_steps": "ema_halflife_iterations"}}
+
+
 def from_dict(cls, d: dict):
-    """Build `cls` from a dict, refusing unknown keys (a config from another version)."""
+    """Build `cls` from a dict, refusing unknown keys (a config from another version); old names in RENAMED
+    are read as their new ones."""
+    renamed = RENAMED.get(cls, {})
+    d = {renamed.get(k, k): v for k, v in d.items()}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - names
     if unknown:

@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from precipfast.config import KINDS
+
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 NoiseFn = Callable[[int], torch.Tensor]  # step index -> standard normal tensor shaped like x
 
@@ -108,7 +110,7 @@ def heun_step(denoiser: Denoiser, x_hat: torch.Tensor, t_hat: float, t_next: flo
 def clip_start(x: torch.Tensor, t0: float, noise_clip: float) -> torch.Tensor:
     """The starting state t0 * z with z truncated to [-noise_clip, noise_clip] (in place; x as given when
     noise_clip is inf). The probability-flow ODE carries a pixel's starting draw almost one to one into
-    its log rate, so a 3.7-sigma draw can end as an isolated spike (MODEL_CARD.md); truncating the
+    its log rate, so a far-tail draw can end as an isolated spike (docs/experiments.md); truncating the
     starting noise (the truncation trick, Brock et al. 2019) bounds that tail."""
     if math.isfinite(noise_clip):
         x.clamp_(-noise_clip * t0, noise_clip * t0)
@@ -139,31 +141,26 @@ def sample(denoiser: Denoiser, cond: torch.Tensor, noise: NoiseFn, sigmas: torch
 
 
 class Preconditioned(torch.nn.Module):
-    """D(x, sigma, cond) = c_skip x + c_out F(c_in x; c_noise, cond) around a raw network F (Table 1).
+    """D(x, sigma, cond) = c_skip x + c_out F(c_in x; c_noise, cond) around a raw network F (Karras et al.
+    2022, Table 1), for each stage kind (config.KINDS):
 
-    kind "regression": D = F(0; 0, cond), a deterministic mean that ignores x and sigma (CorrDiff's
-    regression stage). kind "mean+edm" (CorrDiff, Mardani et al. 2025, Sec. 2): a frozen regression
-    network mu = M(0; 0, cond) plus EDM on the remainder r = y - mu,
-        D(x) = mu + c_skip (x - mu) + c_out F(c_in (x - mu); c_noise, cond),
-    which is the EDM denoiser of r shifted by mu: the ODE dx/dt = (x - D(x))/t is translation-equivariant,
-    so sampling x gives mu + a sample of r (starting from sigma_max n instead of mu + sigma_max n, an
-    offset of |mu| / sigma_max <= 0.5 noise std at the first step, which the first steps absorb as EDM's
-    own N(0, sigma_max^2) prior approximation does). Trained with the plain EDM loss on y and mean_net
-    frozen, the loss is exactly EDM's loss on r. In eval mode the result is clamped to
-    [-cond[:, :1], denoised_max]: the residual never makes the rate negative nor exceeds the largest
-    residual of the training data (EDMConfig).
+    "edm": the EDM denoiser itself.
+    "regression": D = F(0; 0, cond), a deterministic mean that ignores x and sigma (CorrDiff's regression stage).
+    "mean+edm" (CorrDiff, Mardani et al. 2025, Sec. 2): a frozen regression mean mu = M(0; 0, cond) plus EDM
+        on the remainder, D(x) = mu + c_skip (x - mu) + c_out F(c_in (x - mu); c_noise, cond). The
+        probability-flow ODE is translation-equivariant, so sampling x gives mu + a sample of the remainder.
+    "crps": a generator D = F(x / sigma; 0, cond) trained on the fair CRPS (Lang et al. 2024, AIFS-CRPS; Alet
+        et al. 2025, FGN). Its latent is the sampler's starting noise and one Euler step from sigma_max to 0
+        returns D, so a member costs one evaluation with the diffusion stages' seeds, tiles and backends.
 
-    kind "crps": a generator D = F(x / sigma; 0, cond) trained on the fair CRPS of a few members (the
-    CRPS-trained ensembles of Lang et al. 2024, "AIFS-CRPS", and Alet et al. 2025, "FGN"): its latent is
-    the sampler's own starting noise, x / sigma = n at sigma_max, and one Euler step from sigma_max to 0
-    (karras_sigmas(1)) returns D exactly, so each member costs one evaluation and the seed rules, the
-    tiling and every backend are the diffusion stages'."""
+    In eval mode D is clamped to [-cond[:, :1], denoised_max]: the residual never makes a rate negative nor
+    exceeds the largest residual of the training data (EDMConfig)."""
 
     def __init__(self, net: torch.nn.Module, sigma_data: float, kind: str = "edm",
                  denoised_max: float = math.inf, mean_net: torch.nn.Module | None = None):
         super().__init__()
-        if kind not in ("edm", "regression", "mean+edm", "crps"):
-            raise ValueError(f"kind must be 'edm', 'regression', 'mean+edm' or 'crps', got {kind!r}")
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
         if (kind == "mean+edm") != (mean_net is not None):
             raise ValueError("kind 'mean+edm' needs a mean_net, and only it takes one")
         self.net = net

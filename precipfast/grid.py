@@ -10,15 +10,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-POOLING = ("max", "mean")
+from precipfast.config import POOLINGS
 
 
 def coarsen(hr, factor: int, how: str = "max"):
     """Pool the last two axes by `factor` (they must divide). Accepts numpy or torch, any leading dims.
 
     NaN handling: a block with any NaN is NaN for "mean" and ignores NaNs for "max" unless all are NaN."""
-    if how not in POOLING:
-        raise ValueError(f"how must be one of {POOLING}, got {how!r}")
+    if how not in POOLINGS:
+        raise ValueError(f"how must be one of {POOLINGS}, got {how!r}")
     if int(factor) != factor or factor < 1:
         raise ValueError(f"factor must be a positive integer, got {factor}")
     is_np = isinstance(hr, np.ndarray)

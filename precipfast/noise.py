@@ -3,7 +3,7 @@
 Philox4x32-10 is the counter-based generator of Salmon, Moraes, Dror & Shaw (2011), "Parallel random
 numbers: as easy as 1, 2, 3" (SC'11), as shipped in Random123. A counter-based generator has no state:
 the noise of a pixel is computed from its coordinates, so member k's field is identical for any batch
-size, tiling, backend or language. The C library reproduces the layout below bit for bit.
+size, tiling, backend or language. A port to another language reproduces the layout below bit for bit.
 
 Layout (version 1; changing any line changes every sample):
 
@@ -31,9 +31,13 @@ from __future__ import annotations
 
 import math
 import operator
+from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
+
+from precipfast.errors import InputFormatError
 
 STAGE_IDS = {"correction": 0, "downscaling": 1}
 
@@ -42,6 +46,39 @@ PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85  # Weyl key increments (golden rat
 _MASK32 = 0xFFFFFFFF
 _TWO_PI = 6.283185307179586  # float64 nearest to 2pi, written out so the C port uses the same double
 _CHUNK_PAIRS = 1 << 16  # Philox blocks per vectorised chunk: ~10 live int64 buffers stay in L2
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a field sits on the global grid of its pixel size, so its noise is keyed by global pixel: the
+    row and column of its north-west pixel counted from (90N, 180W), and the grid's width in pixels (0 = the
+    field's own width, for an array without geolocation)."""
+    row0: int = 0
+    col0: int = 0
+    width: int = 0
+
+    @staticmethod
+    def from_coords(lat_north: float, lon_west: float, pixel_deg: float) -> "Origin":
+        """Global 0-based pixel of the north-west centre on a grid of pixel_deg from (90N, 180W)."""
+        return Origin(int(round((90.0 - lat_north) / pixel_deg - 0.5)),
+                      int(round((lon_west + 180.0) / pixel_deg - 0.5)), int(round(360.0 / pixel_deg)))
+
+    @staticmethod
+    def from_latlon(lat, lon) -> "Origin":
+        """The origin of a north-up field from its 1-D pixel-centre coordinates (lat descending)."""
+        lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
+        if lat.ndim != 1 or lon.ndim != 1 or lat.size < 2 or lon.size < 2 or not lat[0] > lat[1]:
+            raise InputFormatError(f"lat/lon must be 1-D pixel centres, lat descending (north-up), with at least 2 "
+                                   f"values each; got lat {lat.shape}, lon {lon.shape}")
+        return Origin.from_coords(float(lat[0]), float(lon[0]), float(lon[1] - lon[0]))
+
+    def scaled(self, factor: int) -> "Origin":
+        """The same corner on the grid `factor` times finer."""
+        return Origin(self.row0 * factor, self.col0 * factor, self.width * factor)
+
+    def shifted(self, rows: int, cols: int, width: int) -> "Origin":
+        """The origin `rows` and `cols` pixels further south-east, on a grid of `width` when this one has none."""
+        return Origin(self.row0 + rows, self.col0 + cols, self.width or width)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -61,7 +98,7 @@ def philox4x32_reference(counter: Sequence[int], key: Sequence[int], rounds: int
 
 def normal_reference(seed: int, member: int, stage: str, step: int, pixel: int) -> float:
     """The standard normal of one global pixel index, as a float64 (round it to float32 to compare)."""
-    _check_ids(seed, [member], stage, step)
+    check_ids(seed, [member], stage, step)
     n, lane = pixel >> 1, pixel & 1
     counter = (n & _MASK32, n >> 32, member, (STAGE_IDS[stage] << 16) | step)
     x0, x1, x2, x3 = philox4x32_reference(counter, (seed & _MASK32, seed >> 32))
@@ -145,7 +182,7 @@ def _as_int(name: str, value) -> int:
         raise ValueError(f"{name} must be an integer, got {value!r}") from None
 
 
-def _check_ids(seed: int, members, stage: str, step: int) -> None:
+def check_ids(seed: int, members, stage: str, step: int) -> None:
     if not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
         raise ValueError(f"seed must be an int in [0, 2^64), got {seed!r}")
     if stage not in STAGE_IDS:
@@ -214,7 +251,7 @@ def normal(seed: int, member, stage: str, step: int, rows, cols, width: int, *,
     or ranges with step 1. Values are float64 Box-Muller normals rounded to `dtype` (float32 default)."""
     seed, step, width = _as_int("seed", seed), _as_int("step", step), _as_int("width", width)
     single, members = _members(member)
-    _check_ids(seed, members, stage, step)
+    check_ids(seed, members, stage, step)
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
     if width < 1:

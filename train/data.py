@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from precipfast.config import DataConfig
+from precipfast.config import STAGES, DataConfig
 from precipfast.grid import coarsen, upsample
 from precipfast.train.degrade import WET_MM_H, degrade
 from precipfast.train.sources import (
@@ -31,9 +31,8 @@ from precipfast.train.sources import (
 )
 from precipfast.transform import forward
 
-__all__ = ["PairDataset", "residual_std", "available_sources", "load_source", "resolve_data_dir"]
+__all__ = ["PairDataset", "available_sources", "load_source", "resolve_data_dir"]
 
-STAGES = ("correction", "downscaling")
 SPLITS = ("train", "val")
 WET_PREFERENCE = 0.8    # probability that a draw comes from the windows reaching data_cfg.min_wet_fraction
 # Share of draws per kind of source (split evenly between the sources of a kind that are present): the
@@ -175,13 +174,3 @@ def _window_counts(mask: np.ndarray, p: int, stride: int) -> np.ndarray:
     xs = np.arange(0, mask.shape[1] - p + 1, stride)
     a, b = ii[np.ix_(ys, xs)], ii[np.ix_(ys + p, xs + p)]
     return b - ii[np.ix_(ys, xs + p)] - ii[np.ix_(ys + p, xs)] + a
-
-
-def residual_std(dataset: PairDataset, n: int = 256, generator: torch.Generator | None = None) -> float:
-    """Std of the stage's residual targets over n random pairs: EDM's sigma_data for that stage."""
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    targets, left = [], n
-    while left > 0:
-        targets.append(dataset.batch(min(64, left), gen)["target"].double())
-        left -= targets[-1].shape[0]
-    return float(torch.cat(targets).std())

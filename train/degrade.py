@@ -5,7 +5,7 @@ trained on radar degraded the way passive-microwave/infrared retrievals err: an 
 bias, displacement, blur, multiplicative noise and missed light rain, applied in that order and clipped
 at 0 mm/h. The error components follow the IMERG validation literature (Tan et al. 2016, J. Hydrometeor.
 17; Tian et al. 2009, multiplicative error model); the defaults in `DegradationConfig` are fitted to the
-rain statistics of real IMERG fields by `experiments/fit_degradation.py` (see train/DEGRADATION.md).
+rain statistics of real IMERG fields by `experiments/fit_degradation.py` (see docs/degradation.md).
 
 `degradation_stats` computes the statistics that fit compares (wet fraction, conditional quantiles,
 heavy-rain share, lag-1 autocorrelation).
@@ -56,7 +56,7 @@ def degrade(lr_mm_h: torch.Tensor, cfg: DegradationConfig, generator: torch.Gene
 def intensity_bias(r: torch.Tensor, bias_a: float, gamma_exp: float) -> torch.Tensor:
     """r' = bias_a * r^gamma_exp (mm/h). The literature expects retrievals to saturate in convective cores
     (PMW scattering signal, IR cloud-top temperature): gamma < 1, heavy rain underestimated. The fit to
-    mean-pooled radar (DEGRADATION.md) gives gamma 1.09 and bias_a 1.13 instead, an overestimate that
+    mean-pooled radar (docs/degradation.md) gives gamma 1.09 and bias_a 1.13 instead, an overestimate that
     grows with the rate (about 1.45x at 17 mm/h), which undoes the peak loss of the blur and noise."""
     return bias_a * r.pow(gamma_exp)
 

@@ -22,21 +22,22 @@ from precipfast.runtime.engines.device import resolve_device
 from precipfast.train.checkpoint import load_optimizer_state, read_config, save_checkpoint
 from precipfast.train.loss import batch_loss
 from precipfast.transform import inverse
-from precipfast.verify.scores import crps_ensemble, nanmean
+from precipfast.verify.scores import fair_crps, mae, nanmean
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to cfg.lr, then cosine decay to 10 % of it at the last step."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+def learning_rate_at(iteration: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.learning_rate, then cosine decay to 10 % of it at the last iteration."""
+    if iteration < cfg.warmup_iterations:
+        return cfg.learning_rate * (iteration + 1) / cfg.warmup_iterations
+    frac = (iteration - cfg.warmup_iterations) / max(1, cfg.iterations - cfg.warmup_iterations)
+    return cfg.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
 @torch.no_grad()
-def ema_update(ema: torch.nn.Module, net: torch.nn.Module, step: int, halflife_steps: float) -> None:
-    """EMA with a half-life in steps (EDM's ema_halflife_kimg, counted in steps here); short early memory."""
-    beta = min(0.5 ** (1.0 / max(halflife_steps, 1e-8)), (1 + step) / (10 + step))
+def ema_update(ema: torch.nn.Module, net: torch.nn.Module, iteration: int, halflife_iterations: float) -> None:
+    """EMA with a half-life in optimiser iterations (EDM's ema_halflife_kimg, counted in iterations here);
+    short early memory."""
+    beta = min(0.5 ** (1.0 / max(halflife_iterations, 1e-8)), (1 + iteration) / (10 + iteration))
     for p_ema, p in zip(ema.parameters(), net.parameters()):
         p_ema.lerp_(p.detach(), 1 - beta)
 
@@ -45,7 +46,11 @@ def ema_update(ema: torch.nn.Module, net: torch.nn.Module, step: int, halflife_s
 def validate(denoiser, batch: dict, stage: str, data_cfg: DataConfig, sampler_cfg: SamplerConfig,
              members: int, steps: int, seed: int) -> dict:
     """Fair ensemble CRPS (mm/h) of `members` samples vs truth, beside the MAE of the conditioning field alone
-    (interpolation for downscaling, the raw satellite field for correction)."""
+    (interpolation for downscaling, the raw satellite field for correction).
+
+    The training loop's validation scores the EMA weights' fair CRPS on the held-out day every val_every
+    iterations; `precipfast validate` samples held-out radar days through the runtime and scores them, and
+    `precipfast evaluate` scores an ensemble file the user sampled against the user's own truth."""
     cond, base = batch["cond"], batch["base"]
     truth = inverse(batch["base"] + batch["target"], data_cfg.transform)
     sigmas = karras_sigmas(steps, sampler_cfg.sigma_min, sampler_cfg.sigma_max, sampler_cfg.rho, cond.dtype)
@@ -57,8 +62,8 @@ def validate(denoiser, batch: dict, stage: str, data_cfg: DataConfig, sampler_cf
         resid = sample(denoiser, cond, noise_fn, sigmas.to(cond.device), noise_clip=sampler_cfg.noise_clip)
         outs.append(inverse(base + resid, data_cfg.transform))
     ens = torch.stack(outs)
-    crps = nanmean(crps_ensemble(ens, truth, fair=True))  # 4 members: the plain estimate is biased high
-    base_mae = nanmean((inverse(base, data_cfg.transform) - truth).abs())
+    crps = nanmean(fair_crps(ens, truth))  # 4 members: the plain estimate is biased high
+    base_mae = mae(inverse(base, data_cfg.transform), truth)
     return {"val_crps_mm_h": crps, "val_baseline_mae_mm_h": base_mae, "val_members": members,
             "val_steps": steps}
 
@@ -84,7 +89,9 @@ def train(train_cfg: TrainConfig, data_cfg: DataConfig, unet_cfg: UNetConfig, ed
     _load_params(net, init or {}, "initial", edm_cfg.kind, freeze=False)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     trainable = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    opt = torch.optim.AdamW(trainable, lr=train_cfg.learning_rate, weight_decay=train_cfg.weight_decay)
+    # "step" (here and in each "history" entry): the optimiser iterations done, under the checkpoint
+    # format's key (export/bundle.py reads it).
     config = {"stage": train_cfg.stage, "unet": to_dict(unet_cfg), "edm": to_dict(edm_cfg),
               "sampler": to_dict(sampler_cfg), "data": to_dict(data_cfg), "train": to_dict(train_cfg),
               "precipfast_version": _version.__version__, "step": 0, "history": []}
@@ -105,15 +112,15 @@ def train(train_cfg: TrainConfig, data_cfg: DataConfig, unet_cfg: UNetConfig, ed
     val_batch = {k: v.to(dev) for k, v in val_data.batch(train_cfg.batch_size, val_gen).items()
                  if torch.is_tensor(v)}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _null()
-    bar = tqdm(range(start, train_cfg.steps), initial=start, total=train_cfg.steps, disable=not progress,
+    bar = tqdm(range(start, train_cfg.iterations), initial=start, total=train_cfg.iterations, disable=not progress,
                file=sys.stderr, desc=f"train {train_cfg.stage}", dynamic_ncols=True)
     t0, loss_avg = time.time(), None
-    for step in bar:
-        # Seed from (seed, step) so a resumed run draws exactly what an uninterrupted one would.
-        gen = torch.Generator().manual_seed(train_cfg.seed * 1_000_003 + step)
+    for iteration in bar:
+        # Seed from (seed, iteration) so a resumed run draws exactly what an uninterrupted one would.
+        gen = torch.Generator().manual_seed(train_cfg.seed * 1_000_003 + iteration)
         batch = train_data.batch(train_cfg.batch_size, gen)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, train_cfg)
+            g["lr"] = learning_rate_at(iteration, train_cfg)
         with autocast:
             loss = batch_loss(net, batch["target"].to(dev), batch["cond"].to(dev), edm_cfg, gen, data_cfg.transform,
                               train_cfg)
@@ -121,20 +128,20 @@ def train(train_cfg: TrainConfig, data_cfg: DataConfig, unet_cfg: UNetConfig, ed
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, train_cfg.grad_clip)
         opt.step()
-        ema_update(ema, net, step, train_cfg.ema_halflife_steps)
+        ema_update(ema, net, iteration, train_cfg.ema_halflife_iterations)
         lv = loss.detach().item()
         loss_avg = lv if loss_avg is None else 0.95 * loss_avg + 0.05 * lv
         bar.set_postfix(loss=f"{loss_avg:.4f}", gnorm=f"{float(grad_norm):.2f}")
-        done = step + 1
-        if done % train_cfg.val_every == 0 or done == train_cfg.steps:
+        done = iteration + 1
+        if done % train_cfg.val_every == 0 or done == train_cfg.iterations:
             metrics = validate(ema, val_batch, train_cfg.stage, data_cfg, sampler_cfg,
                                train_cfg.val_members, train_cfg.val_steps, train_cfg.seed)
             metrics.update(step=done, loss=loss_avg, elapsed_s=round(time.time() - t0, 1))
             config["history"].append(metrics)
             if progress:
-                tqdm.write(f"step {done}: loss {loss_avg:.4f}  val CRPS {metrics['val_crps_mm_h']:.4f} mm/h  "
+                tqdm.write(f"iteration {done}: loss {loss_avg:.4f}  val CRPS {metrics['val_crps_mm_h']:.4f} mm/h  "
                            f"(conditioning-field MAE {metrics['val_baseline_mae_mm_h']:.4f})", file=sys.stderr)
-        if done % train_cfg.checkpoint_every == 0 or done == train_cfg.steps:
+        if done % train_cfg.checkpoint_every == 0 or done == train_cfg.iterations:
             config["step"] = done
             save_checkpoint(out, config, net, ema, opt)
     return config

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from precipfast.config import EDMConfig, TrainConfig, TransformConfig
 from precipfast.edm import Denoiser, edm_loss, training_sigmas
 from precipfast.transform import inverse
-from precipfast.verify.scores import crps_ensemble
+from precipfast.verify.scores import fair_crps
 
 CRPS_MEMBERS = 4   # members per training sample of a "crps" stage (AIFS-CRPS trains with 2-4)
 
@@ -69,5 +69,5 @@ def crps_loss(denoiser: Denoiser, target: torch.Tensor, cond: torch.Tensor, edm_
         e, t = (pool(ens, k), pool(truth, k)) if k > 1 else (ens, truth)
         if space == "log":
             e, t = torch.log1p(e), torch.log1p(t)
-        total = total + crps_ensemble(e.view(b, members, *e.shape[1:]).transpose(0, 1), t, fair=True).mean()
+        total = total + fair_crps(e.view(b, members, *e.shape[1:]).transpose(0, 1), t).mean()
     return total / len(pooled)

@@ -1,15 +1,21 @@
 """Verification of an ensemble file against the user's own truth (`precipfast evaluate ENSEMBLE --truth TRUTH`).
 
-The ensemble is a file written by `precipfast sample` (runtime/files/writer.py); the truth is a 1 km rain file
-in any layout the input reader accepts (runtime/files/reader.py). Grids must agree (same shape, centres within
-half a pixel; a larger truth is cropped to the ensemble's box first) and times are matched by timestamp,
-or by position when either file has none. Every score is computed over the same pixels for every forecast:
-truth, all members and all baselines finite. Scores (mm/h), pooled over pixels and times:
-  crps            fair ensemble CRPS (Ferro 2014); for a deterministic baseline its MAE (the CRPS of a
+`precipfast evaluate` samples nothing: it scores an ensemble file the user sampled against the user's own
+truth; `precipfast validate` (precipfast/jobs/validate.py) samples held-out radar days the model never
+trained on and scores them; the training loop's validation (train/loop.py) scores the EMA weights' fair
+CRPS on the held-out day every val_every iterations. Every score comes from verify/scores.py.
+
+The ensemble is a file written by `precipfast sample` (read by runtime/files/ensemble_file.py); the truth is a
+1 km rain file in any layout the input reader accepts (runtime/files/reader.py). Grids must agree (same shape,
+centres within half a pixel; a larger truth is cropped to the ensemble's box first) and times are matched by
+timestamp, or by position when either file has none. Every score is computed over the same pixels for every
+forecast: truth, all members and all baselines finite. Scores (mm/h), pooled over pixels and times:
+  fair_crps       fair ensemble CRPS (Ferro 2014); for a deterministic baseline its MAE (the CRPS of a
                   point forecast, Gneiting & Raftery 2007)
   mae, rmse, corr of the ensemble mean; bias (mean difference) and bias_ratio (ratio of means)
-  spread_skill    Fortin et al. (2014): sqrt(mean unbiased member variance (E+1)/E) / RMSE of the mean
-  rank histogram  Hamill (2001), ties split at random with a fixed seed; flatness as in metrics.py
+  spread_skill    with the (E+1)/E correction, Fortin et al. (2014): sqrt(mean unbiased member variance
+                  (E+1)/E) / RMSE of the mean
+  rank histogram  Hamill (2001), ties split at random with a fixed seed; flatness as in scores.py
   psd_ratio_*     median over the band of the radially averaged power spectrum over the truth's (mean
                   member spectrum for the ensemble) in the largest NaN-free square common to all times
   fss             fractions skill score (Roberts & Lean 2008) at 1/5/10 mm/h over 1-25 km squares; for the
@@ -25,25 +31,25 @@ import math
 from pathlib import Path
 from typing import Callable, Sequence
 
-import h5py
 import numpy as np
 import torch
 
 from precipfast.errors import InputFormatError, OutputError
+from precipfast.runtime.files.ensemble_file import EnsembleFile, open_ensemble
 from precipfast.verify.report import format_table, plot_verification
 from precipfast.verify.scores import (
     box_sum,
-    crps_ensemble,
+    fair_crps,
     fss_sums,
     neighbourhood_mean,
     psd_band_ratio,
     psd_radial,
     rank_histogram,
     rank_histogram_flatness,
+    spread_skill_from_moments,
 )
 from precipfast.verify.truth import (
-    EnsembleFile,
-    check_ensemble_file,
+    check_members,
     coarse_grid,
     iso,
     match_times,
@@ -80,8 +86,8 @@ def verify(ensemble_path, truth_path, *, input_path=None, variable: str | None =
     0.01 deg at 40N). Returns a dict that JSON-serialises except "maps" (numpy arrays for the plots)."""
     say = progress or (lambda msg: None)
     notes: list[str] = []
-    with h5py.File(check_ensemble_file(ensemble_path), "r") as f:
-        ens = EnsembleFile(f, ensemble_path)
+    with open_ensemble(ensemble_path) as ens:
+        check_members(ens)
         sel = select_times(ens.n_times, times)
         truth = read_truth(truth_path, truth_variable, ens)
         pairs = match_times(ens.times, ens.n_times, truth.times, truth.precip.shape[0], sel,
@@ -184,14 +190,14 @@ def to_json(result: dict) -> dict:
 # ---------------------------------------------------------------------------- scores
 class _Accumulator:
     """Sums pooled over pixels and times: one deterministic row per forecast (ensemble mean, baselines),
-    the ensemble's CRPS, variance and rank counts, and the FSS sums per (threshold, scale)."""
+    the ensemble's fair CRPS, variance and rank counts, and the FSS sums per (threshold, scale)."""
 
     def __init__(self, n_members: int, baselines, sizes):
         self.e, self.sizes, self.n = n_members, sizes, 0
         self.names = ["ensemble", *baselines]
         self.det = {name: np.zeros(8) for name in self.names}  # n, |d|, d^2, p, y, p^2, y^2, p y
         self.fss = {name: np.zeros((len(THRESHOLDS_MM_H), len(sizes), 2)) for name in self.names}
-        self.crps = self.var = 0.0
+        self.fair_crps = self.var = 0.0
         self.ranks = np.zeros(n_members + 1, np.int64)
         self.rng = np.random.default_rng(RANK_SEED)
         self.last_mean = None
@@ -219,7 +225,7 @@ class _Accumulator:
                 if not m.any():
                     continue
                 xm, yv = x[:, m], y[m]
-                self.crps += float(crps_ensemble(torch.from_numpy(xm), torch.from_numpy(yv), fair=True).sum())
+                self.fair_crps += float(fair_crps(torch.from_numpy(xm), torch.from_numpy(yv)).sum())
                 mu = xm.mean(axis=0)
                 self.var += float(xm.var(axis=0, ddof=1).sum())
                 self.ranks += rank_histogram(xm, yv, self.rng)
@@ -256,14 +262,13 @@ class _Accumulator:
                 continue
             cov, v_p, v_y = s_py / n - s_p * s_y / n ** 2, s_pp / n - (s_p / n) ** 2, s_yy / n - (s_y / n) ** 2
             rmse = math.sqrt(s_sq / n)
-            s = {"crps": self.crps / n if name == "ensemble" else s_abs / n,  # point forecast: CRPS = MAE
+            s = {"fair_crps": self.fair_crps / n if name == "ensemble" else s_abs / n,  # point: CRPS = MAE
                  "mae": s_abs / n, "rmse": rmse, "bias": (s_p - s_y) / n,
                  "bias_ratio": s_p / s_y if s_y > 0 else float("nan"),
                  "corr": cov / math.sqrt(v_p * v_y) if v_p > 0 and v_y > 0 else float("nan"),
                  "mean_mm_h": s_p / n}
-            if name == "ensemble":  # Fortin et al. 2014, Eq. 15: (E+1)/E makes a calibrated ensemble 1
-                spread = math.sqrt(self.var / n * (self.e + 1) / self.e)
-                s["spread_skill"] = spread / rmse if rmse > 0 else float("nan")
+            if name == "ensemble":  # with the (E+1)/E correction: a calibrated ensemble scores 1
+                s["spread_skill"] = spread_skill_from_moments(self.var / n, s_sq / n, self.e)
             s["fss"] = {f"{thr:g}mm_h": {f"{km:g}km": (1.0 - float(num / den) if den > 0 else float("nan"))
                                          for km, (num, den) in zip(SCALES_KM, self.fss[name][k])}
                         for k, thr in enumerate(THRESHOLDS_MM_H)}

@@ -12,7 +12,7 @@ COLUMNS = {"ensemble": "ensemble", "bilinear": "bilinear", "nearest": "nearest",
            "bilinear_truth_meanpool": "pooled truth"}
 # (key, label, ratio): ratios can span decades (a spectrum 1e-4 of the truth's) and get 3 significant digits;
 # the rest are rates and scores with 3 decimals, so a bias of 1e-10 mm/h reads 0.000
-ROWS = (("crps", "CRPS fair (points: MAE) mm/h", False), ("mae", "MAE of mean mm/h", False),
+ROWS = (("fair_crps", "fair CRPS (points: MAE) mm/h", False), ("mae", "MAE of mean mm/h", False),
         ("rmse", "RMSE of mean mm/h", False), ("bias", "bias mm/h", False),
         ("bias_ratio", "bias ratio (of means)", True), ("corr", "correlation", False),
         ("spread_skill", "spread/skill (1 = calibrated)", True),

@@ -1,30 +1,71 @@
-"""Verification scores for precipitation ensembles (pySTEPS-style: skill is asserted, not just shapes).
+"""Every score precipfast reports: `precipfast validate`, `precipfast evaluate`, the training loop's
+validation and loss, and the held-out experiments all compute their scores with these functions, one name
+per score. Lower is better unless stated.
 
-CRPS uses the ensemble form (Gneiting & Raftery 2007, Eq. 21)
-    CRPS = mean_k |x_k - y| - 1/(2 E^2) sum_{k,l} |x_k - x_l|,
-computed with the sorted-member identity so it costs O(E log E) per pixel, not O(E^2). Also: bias,
-rank histograms (Hamill 2001) with their flatness, NaN-aware neighbourhood means from integral images
-and the fractions skill score (Roberts & Lean 2008), and radially averaged power spectra.
+- fair_crps      the fair ensemble CRPS (Ferro 2014), the CRPS everywhere precipfast says "CRPS";
+- plain_crps     the plain ensemble CRPS (Gneiting & Raftery 2007), biased high with few members
+                 (`precipfast validate` reports it beside the fair one for its conservative beats_bilinear);
+- mae, rmse      of a point forecast (the ensemble mean, a baseline); a point forecast's CRPS is its MAE;
+- pearson        correlation (higher is better); bias: mean difference and ratio of means;
+- spread_skill   spread over the RMSE of the mean with the (E+1)/E finite-ensemble correction (Fortin et
+                 al. 2014), 1 for a calibrated ensemble; spread_skill_from_moments is the same score from
+                 pooled sums (evaluate's tile-by-tile accumulator). There is no uncorrected variant;
+- rank_histogram and rank_histogram_flatness (Hamill 2001; Candille & Talagrand 2005);
+- psd_radial and psd_band_ratio: radially averaged power spectra and their ratio to the truth's in a band;
+- neighbourhood_mean, fss_terms, fss_sums, fss: the fractions skill score (Roberts & Lean 2008);
+- ratio_of_sums  a score pooled over cases over a baseline's, e.g. fair CRPS / MAE of bilinear (below 1
+                 beats the baseline); peak_ratio: a peak of the members over the truth's maximum;
+- dry_share      how often a field is dry (< 0.1 mm/h) inside a mask.
+
+The baselines themselves (bilinear and nearest upsampling) are in verify/baselines.py.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 
+DRY_MM_H = 0.1     # below this a pixel is dry (shared/data/README.md's wet threshold; the quick-look's white)
 
-def crps_ensemble(members: torch.Tensor, truth: torch.Tensor, fair: bool = False) -> torch.Tensor:
-    """Pixel-wise CRPS. members (E, ...), truth (...). NaN in truth propagates. Returns (...).
 
-    fair=True uses the spread normaliser 1/(2E(E-1)) (Ferro 2014, "Fair scores for ensemble forecasts"),
-    the unbiased estimate of the CRPS of the underlying distribution: with few members (training
-    validation uses 4) the plain estimate is biased high by E|X - X'| / (2E)."""
+def _mean_abs_error(members: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """(1/E) sum_k |x_k - y|, pixel-wise: the first term of either ensemble CRPS."""
+    return (members - truth.unsqueeze(0)).abs().mean(dim=0)
+
+
+def _pair_sum(members: torch.Tensor) -> torch.Tensor:
+    """sum_{k,l} |x_k - x_l| over all ordered pairs of members, pixel-wise, from the sorted-member identity
+    sum_{k,l} |x_k - x_l| = 2 sum_i (2i - E + 1) x_(i) for sorted x, i = 0..E-1: O(E log E), not O(E^2)."""
     e = members.shape[0]
-    skill = (members - truth.unsqueeze(0)).abs().mean(dim=0)
     x = members.sort(dim=0).values
-    # sum_{k,l} |x_k - x_l| = 2 sum_i (2i - E + 1) x_(i) for sorted x, i = 0..E-1
     w = (2 * torch.arange(e, dtype=x.dtype, device=x.device) - e + 1).view(-1, *([1] * (x.ndim - 1)))
-    spread = 2 * (w * x).sum(dim=0) / (2 * e * (e - 1) if fair else 2 * e * e)
-    return skill - spread
+    return 2 * (w * x).sum(dim=0)
+
+
+def fair_crps(members: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Pixel-wise fair CRPS (Ferro 2014, "Fair scores for ensemble forecasts", QJRMS 140:1917-1923, the fair
+    CRPS of an ensemble of E members; the adjusted CRPS of Ferro et al. 2008 for an infinite ensemble):
+
+        fair CRPS = (1/E) sum_k |x_k - y| - 1/(2E(E-1)) sum_{k,l} |x_k - x_l|.
+
+    The unbiased estimate of the CRPS of the distribution the members are drawn from; the plain estimate
+    (plain_crps) is biased high by E|X - X'|/(2E), which matters with the 4-8 members used here. One member
+    has no pair: its score is the point forecast's absolute error. members (E, ...), truth (...); NaN in
+    truth propagates. Returns (...)."""
+    e = members.shape[0]
+    return _mean_abs_error(members, truth) - _pair_sum(members) / max(2 * e * (e - 1), 1)
+
+
+def plain_crps(members: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Pixel-wise plain ensemble CRPS: the CRPS (Gneiting & Raftery 2007, Eq. 21) of the members' empirical
+    distribution,
+
+        plain CRPS = (1/E) sum_k |x_k - y| - 1/(2E^2) sum_{k,l} |x_k - x_l|,
+
+    biased high for a finite ensemble (fair_crps is the unbiased one). members (E, ...), truth (...)."""
+    e = members.shape[0]
+    return _mean_abs_error(members, truth) - _pair_sum(members) / (2 * e * e)
 
 
 def nanmean(x: torch.Tensor) -> float:
@@ -32,6 +73,7 @@ def nanmean(x: torch.Tensor) -> float:
 
 
 def mae(pred: torch.Tensor, truth: torch.Tensor) -> float:
+    """Mean absolute error over the pixels where pred - truth is not NaN (a point forecast's CRPS)."""
     return nanmean((pred - truth).abs())
 
 
@@ -41,10 +83,38 @@ def rmse(pred: torch.Tensor, truth: torch.Tensor) -> float:
 
 def spread_skill(members: torch.Tensor, truth: torch.Tensor) -> float:
     """Ensemble spread over RMSE of the ensemble mean, with the (E+1)/E finite-ensemble correction
-    (Fortin et al. 2014): 1 for a calibrated ensemble."""
-    e = members.shape[0]
-    spread = nanmean(members.var(dim=0, unbiased=True)) ** 0.5
-    return spread * ((e + 1) / e) ** 0.5 / max(rmse(members.mean(dim=0), truth), 1e-12)
+    (Fortin et al. 2014): 1 for a calibrated ensemble. members (E, ...), truth (...)."""
+    return spread_skill_from_moments(nanmean(members.var(dim=0, unbiased=True)),
+                                     nanmean((members.mean(dim=0) - truth) ** 2), members.shape[0])
+
+
+def spread_skill_from_moments(member_variance: float, mse: float, members: int) -> float:
+    """spread_skill from pooled moments: sqrt(member_variance (E+1)/E) / sqrt(mse) (Fortin et al. 2014,
+    Eq. 15), with member_variance the mean unbiased variance of the members and mse the mean squared error
+    of their mean over the same pixels. NaN when the mean is exact (mse 0)."""
+    rmse_ = math.sqrt(mse)
+    return math.sqrt(member_variance * (members + 1) / members) / rmse_ if rmse_ > 0 else float("nan")
+
+
+def ratio_of_sums(scores, baseline_scores) -> float:
+    """A score pooled over cases over a baseline's: sum(scores) / sum(baseline_scores), e.g. the fair CRPS
+    over bilinear's MAE (a point forecast's CRPS is its MAE, so below 1 beats the baseline). Sums, not the
+    mean of the ratios: a wet case weighs more than a drizzle."""
+    return float(np.sum(scores) / np.sum(baseline_scores))
+
+
+def peak_ratio(peak: float, truth_max: float) -> float:
+    """A peak of the members (their maximum or a high percentile) over the truth's maximum (floored at
+    1e-6 mm/h): above 1, the members reach intensities the truth never did."""
+    return peak / max(truth_max, 1e-6)
+
+
+def dry_share(field, mask, dry_mm_h: float = DRY_MM_H) -> tuple[float, int]:
+    """(percent of the pixels of field inside mask below dry_mm_h, number of pixels inside mask); NaN percent
+    when the mask is empty. field and mask of one shape, any number of axes (stack fields to pool them)."""
+    field, mask = np.asarray(field), np.asarray(mask, bool)
+    dry, n = int(np.sum(field[mask] < dry_mm_h)), int(mask.sum())
+    return (100.0 * dry / n if n else float("nan")), n
 
 
 def pearson(pred: torch.Tensor, truth: torch.Tensor) -> float:

@@ -1,5 +1,5 @@
-"""Inputs of a verification (verify/evaluate.py): the ensemble file, the truth and the coarse input, their
-grids checked against each other and their times matched, and the regridding behind the baselines.
+"""Inputs of a verification (verify/evaluate.py): the truth and the coarse input checked against the ensemble
+file (read by runtime/files/ensemble_file.py), their times matched, and the regridding behind the baselines.
 
 Grids: the truth is read cropped to the ensemble's box (half a pixel around it) by the input reader
 (runtime/files/reader.py, so every layout it accepts works as truth) and must then have the ensemble's shape and
@@ -12,83 +12,23 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from precipfast.errors import InputFormatError
 from precipfast.runtime.files.digest import sha256_file
+from precipfast.runtime.files.ensemble_file import EnsembleFile, describe_grid
 from precipfast.runtime.files.reader import read_input
 
 COARSE_DEG = 0.1           # the model's coarse pixel (IMERG), when neither file records the coarse grid
 
 
 # ---------------------------------------------------------------------------- reading and matching
-def check_ensemble_file(path) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise InputFormatError(f"ensemble file '{path}' does not exist; expected the output of `precipfast sample`")
-    if not h5py.is_hdf5(path):
-        raise InputFormatError(f"ensemble '{path}' is not an HDF5 file; expected the output of `precipfast sample`")
-    return path
-
-
-class EnsembleFile:
-    """The open ensemble file, north-up: members read tile by tile as (E, rows, cols)."""
-
-    def __init__(self, f: h5py.File, path):
-        self.f, self.path = f, str(path)
-        ds = f.get("precip")
-        need = "precip (time, member, lat, lon) with 1-D lat, lon, time"
-        if not isinstance(ds, h5py.Dataset) or ds.ndim != 4:
-            got = "no 'precip'" if ds is None else f"'precip' of shape {getattr(ds, 'shape', '?')}"
-            raise InputFormatError(f"ensemble '{path}' has {got}; expected {need} (a `precipfast sample` output)")
-        coords = {}
-        for name, n in (("lat", ds.shape[2]), ("lon", ds.shape[3]), ("time", ds.shape[0])):
-            c = f.get(name)
-            if not isinstance(c, h5py.Dataset) or c.shape != (n,):
-                raise InputFormatError(f"ensemble '{path}': '{name}' is {'missing' if c is None else c.shape}; "
-                                       f"expected 1-D of {n} values to match precip {ds.shape} ({need})")
-            coords[name] = c[()]
-        self.ds, self.n_times, self.n_members = ds, ds.shape[0], ds.shape[1]
-        if self.n_members < 2:
-            raise InputFormatError(f"ensemble '{path}' has {self.n_members} member; expected >= 2 (CRPS, spread "
-                                   f"and the rank histogram need an ensemble)")
-        self.flip_lat = bool(coords["lat"][0] < coords["lat"][-1])
-        self.flip_lon = bool(coords["lon"][0] > coords["lon"][-1])
-        self.lat = np.asarray(coords["lat"][::-1] if self.flip_lat else coords["lat"], np.float64)
-        self.lon = np.asarray(coords["lon"][::-1] if self.flip_lon else coords["lon"], np.float64)
-        steps = [abs(float(np.diff(c).mean())) for c in (self.lat, self.lon) if c.size > 1]
-        self.pixel_deg = float(np.mean(steps)) if steps else 0.01
-        units = f["time"].attrs.get("units", b"")
-        stamped = "since" in (units.decode() if isinstance(units, bytes) else str(units))
-        self.times = np.asarray(coords["time"], np.int64) if stamped else None
-        self.lat_lr = f["lat_lr"][()] if isinstance(f.get("lat_lr"), h5py.Dataset) else None
-        self.lon_lr = f["lon_lr"][()] if isinstance(f.get("lon_lr"), h5py.Dataset) else None
-        self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-
-    def label(self, t):
-        return int(self.times[t]) if self.times is not None else int(t)
-
-    def read(self, t: int, members=slice(None), rows=slice(None), cols=slice(None)) -> np.ndarray:
-        """members of time t in north-up rows/cols (slices of step 1), float32."""
-        h, w = self.lat.size, self.lon.size
-        r, c = (_mirror(rows, h) if self.flip_lat else rows), (_mirror(cols, w) if self.flip_lon else cols)
-        a = self.ds[t, members, r, c]
-        return a[..., ::-1 if self.flip_lat else 1, ::-1 if self.flip_lon else 1]
-
-    def describe(self) -> str:
-        return _describe(f"ensemble '{self.path}'", self.lat, self.lon)
-
-
-def _mirror(s: slice, n: int) -> slice:
-    lo, hi, _ = s.indices(n)
-    return slice(n - hi, n - lo)
-
-
-def _describe(what, lat, lon) -> str:
-    step = abs(float(lat[1] - lat[0])) if lat.size > 1 else float("nan")
-    return (f"{what} {lat.size}x{lon.size} px of {step:.4g} deg, lat {lat[0]:.4f}..{lat[-1]:.4f}, "
-            f"lon {lon[0]:.4f}..{lon[-1]:.4f}")
+def check_members(ens: EnsembleFile) -> EnsembleFile:
+    """Refuse an ensemble of one member: the scores need an ensemble."""
+    if ens.n_members < 2:
+        raise InputFormatError(f"ensemble '{ens.path}' has {ens.n_members} member; expected >= 2 (CRPS, spread "
+                               f"and the rank histogram need an ensemble)")
+    return ens
 
 
 def select_times(n: int, times) -> list[int]:
@@ -123,7 +63,7 @@ def read_truth(path, variable, ens: EnsembleFile):
     truth = _read_covering(path, box, variable, "the truth grid", "truth", ens)
     same = truth.precip.shape[1:] == (ens.lat.size, ens.lon.size)
     if not same or np.abs(truth.lat - ens.lat).max() > half or np.abs(truth.lon - ens.lon).max() > half:
-        raise InputFormatError(f"grids differ: {_describe(f'truth {path!s}', truth.lat, truth.lon)}"
+        raise InputFormatError(f"grids differ: {describe_grid(f'truth {path!s}', truth.lat, truth.lon)}"
                                f" (inside the ensemble's box) vs {ens.describe()}; expected the same shape "
                                f"and pixel centres within half a pixel")
     return truth
@@ -207,8 +147,8 @@ def read_coarse_input(ens: EnsembleFile, input_path, variable, notes):
         half = 0.5 * abs(float(lat_c[1] - lat_c[0]))
         if (field.precip.shape[1:] != (lat_c.size, lon_c.size) or np.abs(field.lat - lat_c).max() > half
                 or np.abs(field.lon - lon_c).max() > half):
-            raise InputFormatError(f"grids differ: {_describe(f'input {path!s}', field.lat, field.lon)} vs the "
-                                   f"ensemble's coarse grid (lat_lr, lon_lr) {_describe('', lat_c, lon_c)}; "
+            raise InputFormatError(f"grids differ: {describe_grid(f'input {path!s}', field.lat, field.lon)} vs the "
+                                   f"ensemble's coarse grid (lat_lr, lon_lr) {describe_grid('', lat_c, lon_c)}; "
                                    f"expected the input the ensemble was sampled from (--input)")
     return field
 

@@ -11,6 +11,7 @@ from precipfast.jobs.demo_input import write_demo_input
 from precipfast.jobs.quicklook import quicklook
 from precipfast.jobs.sample import run_sample
 from precipfast.options import DemoOptions
+from precipfast.runtime.files.ensemble_file import open_ensemble
 
 DEMO_THRESHOLD_MM_H = 1.0
 
@@ -23,16 +24,14 @@ def run_demo(opts: DemoOptions = DemoOptions()) -> dict:
     summary = run_sample(src, out / "ensemble.h5", opts.sample_options())
     with h5py.File(src, "r") as f:
         lr, lat_lr, lon_lr = f["precip"][0], f["lat"][:], f["lon"][:]
-    with h5py.File(out / "ensemble.h5", "r") as f:
-        thr = np.asarray(f["threshold"][:])
+    with open_ensemble(out / "ensemble.h5") as ens:
+        thr = ens.thresholds
         k = int(np.argmin(np.abs(thr - DEMO_THRESHOLD_MM_H)))
-        lat, lon = f["lat"][:], f["lon"][:]
-        steps = f.attrs["steps"]
-        png = quicklook(out / "quicklook.png", lr, f["corrected_lr"][0], f["precip"][0, :3],
-                        f["precip_mean"][0], f["exceedance_probability"][0, k], float(thr[k]),
-                        extent_lr=_extent(lat_lr, lon_lr), extent=_extent(lat, lon),
+        png = quicklook(out / "quicklook.png", lr, ens.field("corrected_lr", 0), ens.read(0, slice(0, 3)),
+                        ens.field("precip_mean", 0), ens.field("exceedance_probability", 0, k), float(thr[k]),
+                        extent_lr=_extent(lat_lr, lon_lr), extent=_extent(ens.lat, ens.lon),
                         title=f"{source} -> 1 km ensemble ({opts.members} members, "
-                              f"{steps} steps)")
+                              f"{ens.attrs['steps']} steps)")
     summary["quicklook"] = str(png)
     return summary
 

@@ -10,6 +10,7 @@ import numpy as np
 from precipfast.errors import InputFormatError
 from precipfast.runtime.engines.backends import available_backends
 from precipfast.runtime.engines.bundle import default_bundle_path, open_bundle
+from precipfast.runtime.files.ensemble_file import is_output, read_output
 from precipfast.runtime.files.reader import read_input
 
 
@@ -47,9 +48,7 @@ def _describe_file(p: Path) -> dict:
     if not h5py.is_hdf5(p):
         raise InputFormatError(f"'{p}' is not an HDF5 file; expected a precipfast output, an input (precipfast "
                                f"or IMERG HDF5) or a model bundle directory")
-    with h5py.File(p, "r") as f:
-        is_output = isinstance(f.get("precip"), h5py.Dataset) and f["precip"].ndim == 4 and "model_sha256" in f.attrs
-    if is_output:
+    if is_output(p):
         return {"output": read_output(p)}
     field = read_input(p)
     valid = field.precip[~np.isnan(field.precip)]
@@ -63,39 +62,3 @@ def _describe_file(p: Path) -> dict:
                       "lon_range": [float(field.lon.min()), float(field.lon.max())], "times": times,
                       "missing_fraction": round(1 - valid.size / field.precip.size, 4),
                       "max_mm_h": round(float(valid.max()), 3), "aux": sorted(field.aux), "sha256": field.sha256}}
-
-
-def read_output(path) -> dict:
-    """Summary for `precipfast info`: {'path', 'dims': {name: size}, 'variables': {name: {dims, shape,
-    dtype, units}}, 'attrs': {...}}."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputFormatError(f"output file '{path}' does not exist")
-    if not h5py.is_hdf5(path):
-        raise InputFormatError(f"'{path}' is not an HDF5 file; expected a precipfast output")
-    with h5py.File(path, "r") as f:
-        if "precip" not in f or "member" not in f:
-            raise InputFormatError(f"'{path}' has no 'precip' with a 'member' axis; expected a precipfast output "
-                                   f"with precip, precip_mean, precip_std, exceedance_probability, corrected_lr")
-        dims, variables = {}, {}
-        for name, ds in f.items():
-            if not isinstance(ds, h5py.Dataset):
-                continue
-            if ds.is_scale:
-                dims[name] = ds.shape[0]
-                continue
-            names = [Path(d[0].name).name if len(d) else f"phony_dim_{i}" for i, d in enumerate(ds.dims)]
-            variables[name] = {"dims": tuple(names), "shape": ds.shape, "dtype": str(ds.dtype),
-                               "units": _py(ds.attrs.get("units"))}
-        attrs = {k: _py(v) for k, v in f.attrs.items()}
-    return {"path": str(path), "dims": dims, "variables": variables, "attrs": attrs}
-
-
-def _py(v):
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, np.generic):
-        return v.item()
-    return v

@@ -12,9 +12,10 @@ import time
 
 from precipfast._version import __version__
 from precipfast.options import SampleOptions
+from precipfast.runtime.files.atomic import check_not_input, check_output_path
 from precipfast.runtime.files.reader import read_input
 from precipfast.runtime.files.signals import raise_if_interrupted
-from precipfast.runtime.files.writer import DEFAULT_THRESHOLDS_MM_H, OutputWriter, check_not_input, check_output_path
+from precipfast.runtime.files.writer import DEFAULT_THRESHOLDS_MM_H, OutputWriter
 from precipfast.runtime.sampling import memory
 from precipfast.runtime.sampling.pipeline import Pipeline, fine_coords
 

@@ -1,15 +1,22 @@
 """Verification of the ensemble on real radar the model never saw (MISSION.md "What good looks like: Skill").
 
+`precipfast validate` samples held-out radar days the model never trained on, through the runtime, and
+scores them; `precipfast evaluate` (verify/evaluate.py) samples nothing and scores an ensemble file the user
+sampled against the user's own truth; the training loop's validation (train/loop.py) scores the EMA
+weights' fair CRPS on the held-out day every val_every iterations.
+
 Truth is 1 km radar from a held-out source (mrms/region_3 is the training's validation region; the last
 frames of the FMI/BoM sources are validation too), cut to a NaN-free window whose edge is a multiple of
 the bundle's scale factor. The input is that truth coarsened with the bundle's pooling; with the
 correction stage among `--stages` it is also degraded with the satellite-error model of train/degrade.py
 and both stages run, with `--stages downscaling` the fine stage runs alone on the clean coarse field. Scores follow pySTEPS' verification (Pulkkinen et
-al. 2019, pysteps.verification): ensemble CRPS (Gneiting & Raftery 2007), ensemble-mean MAE/RMSE/Pearson,
-spread/skill (Fortin et al. 2014), and the radially averaged power spectrum (RAPSD) at 2-20 km, against
-bilinear (and nearest) upsampling of the same coarse input. The ensemble has skill when its CRPS is below
-bilinear's MAE (a deterministic forecast's CRPS is its MAE) and its spectrum stays near the radar's where
-interpolation loses it.
+al. 2019, pysteps.verification), all from verify/scores.py: the fair CRPS (Ferro 2014, key "fair_crps") and
+the plain CRPS ("plain_crps"), ensemble-mean MAE/RMSE/Pearson, spread/skill with the (E+1)/E correction
+(Fortin et al. 2014), and the radially averaged power spectrum (RAPSD) at 2-20 km, against the baselines of
+verify/baselines.py: bilinear (and nearest) upsampling of the same coarse input, and bilinear of the clean
+mean-pooled truth. The ensemble has skill when its CRPS is below bilinear's MAE (a deterministic forecast's
+CRPS is its MAE) and its spectrum stays near the radar's where interpolation loses it; "beats_bilinear"
+tests the plain CRPS, the conservative choice since it is biased high.
 """
 from __future__ import annotations
 
@@ -23,18 +30,20 @@ import numpy as np
 import torch
 
 from precipfast.config import DegradationConfig
-from precipfast.grid import coarsen, upsample
+from precipfast.grid import coarsen
 from precipfast.jobs.quicklook import save_figure
 from precipfast.noise import time_seed
 from precipfast.options import ValidateOptions
 from precipfast.runtime.sampling.pipeline import Pipeline
 from precipfast.train.degrade import degrade
 from precipfast.train.sources import load_source
+from precipfast.verify.baselines import bilinear, bilinear_meanpool, nearest
 from precipfast.verify.scores import (
-    crps_ensemble,
+    fair_crps,
     mae,
     nanmean,
     pearson,
+    plain_crps,
     psd_band_ratio,
     psd_radial,
     rmse,
@@ -52,7 +61,7 @@ def validate(opts: ValidateOptions = ValidateOptions(), *, degradation: Degradat
     opts.crop: window edge in 1 km pixels (rounded down to a multiple of the scale factor); each frame uses
     its wettest NaN-free window of that size. None = the whole frame, or, where it has missing data, the
     largest NaN-free square. Frame t is sampled with `noise.time_seed(seed, t)`. Returns per-frame and
-    aggregate scores (mm/h), the mean spectra and "beats_bilinear" (aggregate CRPS < bilinear MAE); with
+    aggregate scores (mm/h), the mean spectra and "beats_bilinear" (aggregate plain CRPS < bilinear MAE); with
     opts.out, also writes metrics.json and validate.png there."""
 
     say = progress or (lambda msg: None)
@@ -91,10 +100,10 @@ def validate(opts: ValidateOptions = ValidateOptions(), *, degradation: Degradat
     y = torch.from_numpy(np.stack(truth))                                   # (T, H, W)
     ens = torch.from_numpy(np.stack(out, axis=1))                           # (E, T, H, W)
     lr_t = torch.from_numpy(np.stack(lr_in))[:, None]                       # (T, 1, h, w)
-    bil = upsample(lr_t, f, "bilinear")[:, 0].clamp_min(0)                  # mm/h, as a user would interpolate
-    near = upsample(lr_t, f, "nearest")[:, 0]
+    bil = bilinear(lr_t[:, 0], f)                                           # mm/h, as a user would interpolate
+    near = nearest(lr_t[:, 0], f)
     # the stronger reference: interpolating the clean areal mean (what mean pooling would have given)
-    areal = upsample(coarsen(y, f, "mean")[:, None], f, "bilinear")[:, 0]
+    areal = bilinear_meanpool(y, f)
     corr = torch.from_numpy(np.stack(lr_corr, axis=1))                      # (E, T, h, w)
     lr_y = torch.from_numpy(np.stack(lr_clean))                             # (T, h, w) coarse truth
     per_frame = [dict(frame=t, **_scores(ens[:, k], y[k], bil[k], near[k], areal[k],
@@ -112,7 +121,7 @@ def validate(opts: ValidateOptions = ValidateOptions(), *, degradation: Degradat
         "crop_px": size, "band_km": list(BAND_KM), "windows": windows,
         "degradation": _asdict(deg_cfg) if full else None,
         "aggregate": aggregate, "per_frame": per_frame, "psd": spectra,
-        "beats_bilinear": bool(aggregate["crps"] < aggregate["bilinear_mae"]),
+        "beats_bilinear": bool(aggregate["plain_crps"] < aggregate["bilinear_mae"]),
         "seconds": {"sampling": round(t_sample, 3), "total": round(time.perf_counter() - t_start, 3)},
     }
     if opts.out is not None:
@@ -121,7 +130,8 @@ def validate(opts: ValidateOptions = ValidateOptions(), *, degradation: Degradat
         k = int(torch.argmax(y.mean(dim=(-2, -1))))  # plot the wettest frame
         plot_validation(out_path / "validate.png", y[k].numpy(), lr_t[k, 0].numpy(), bil[k].numpy(),
                         ens[:, k].numpy(), spectra, title=f"{pipe.bundle.name}: {source} frame {frame_ids[k]}, "
-                        f"{','.join(pipe.stages)}, {members} members, CRPS {per_frame[k]['crps']:.3f} vs bilinear MAE "
+                        f"{','.join(pipe.stages)}, {members} members, fair CRPS {per_frame[k]['fair_crps']:.3f} "
+                        f"(plain {per_frame[k]['plain_crps']:.3f}) vs bilinear MAE "
                         f"{per_frame[k]['bilinear_mae']:.3f} mm/h")
         result["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
         (out_path / "metrics.json").write_text(json.dumps(_json_safe(result), indent=2) + "\n")
@@ -131,15 +141,15 @@ def validate(opts: ValidateOptions = ValidateOptions(), *, degradation: Degradat
 def _scores(ens: torch.Tensor, y: torch.Tensor, bil: torch.Tensor, near: torch.Tensor, areal: torch.Tensor,
             extra=None) -> dict:
     """Scores (mm/h) of members ens (E, ...) against truth y (...); bil/near upsample the model's input,
-    areal the clean mean-pooled truth (...): the baselines. "crps" is the plain ensemble CRPS, biased high
-    for few members, so comparing it with a baseline's MAE is conservative; "crps_fair" is Ferro's.
+    areal the clean mean-pooled truth (...): the baselines. "fair_crps" is the fair CRPS (Ferro 2014), the
+    CRPS as everywhere in precipfast; "plain_crps" is the plain one, biased high for few members, so
+    comparing it with a baseline's MAE (beats_bilinear) is conservative.
     extra = (corrected_lr (E, ...), clean coarse truth, degraded input) scores the correction stage."""
     mean = ens.mean(dim=0)
     _, p_y = psd_radial(y)
     wl, p_e = psd_radial(ens)
     _, p_b = psd_radial(bil)
-    s = {"crps": nanmean(crps_ensemble(ens, y)),
-         "crps_fair": nanmean(crps_ensemble(ens, y, fair=True)),  # E -> infinity estimate (Ferro 2014)
+    s = {"fair_crps": nanmean(fair_crps(ens, y)), "plain_crps": nanmean(plain_crps(ens, y)),
          "ens_mean_mae": mae(mean, y), "ens_mean_rmse": rmse(mean, y), "ens_mean_corr": pearson(mean, y),
          "spread_skill": spread_skill(ens, y),
          "bilinear_mae": mae(bil, y), "bilinear_rmse": rmse(bil, y), "bilinear_corr": pearson(bil, y),
@@ -152,7 +162,8 @@ def _scores(ens: torch.Tensor, y: torch.Tensor, bil: torch.Tensor, near: torch.T
          "psd_ratio_bilinear": psd_band_ratio(wl, p_b, p_y, BAND_KM)}
     if extra is not None:
         corr, lr_truth, lr_in = extra
-        s.update({"corrected_lr_crps": nanmean(crps_ensemble(corr, lr_truth)),
+        s.update({"corrected_lr_fair_crps": nanmean(fair_crps(corr, lr_truth)),
+                  "corrected_lr_plain_crps": nanmean(plain_crps(corr, lr_truth)),
                   "corrected_lr_mean_mae": mae(corr.mean(dim=0), lr_truth), "input_lr_mae": mae(lr_in, lr_truth)})
     return s
 

@@ -19,7 +19,7 @@ from functools import cached_property
 from pathlib import Path
 
 from precipfast import _version
-from precipfast.config import STAGES, EDMConfig, SamplerConfig, TransformConfig, UNetConfig, from_dict
+from precipfast.config import POOLINGS, STAGES, EDMConfig, SamplerConfig, TransformConfig, UNetConfig, from_dict
 from precipfast.denoiser import build_denoiser, load_weights
 from precipfast.errors import EngineMismatchError, PrecipfastError
 from precipfast.runtime.engines.bundle_check import check_closed_world, check_stage_pairs, read_parity_report
@@ -128,7 +128,7 @@ def validate_manifest(root: Path, m) -> None:
     _check_files(root, m["files"])
     try:
         from_dict(TransformConfig, m["transform"])
-        if not (isinstance(m["scale_factor"], int) and m["scale_factor"] >= 1 and m["pooling"] in ("max", "mean")):
+        if not (isinstance(m["scale_factor"], int) and m["scale_factor"] >= 1 and m["pooling"] in POOLINGS):
             raise ValueError(f"scale_factor {m['scale_factor']!r} / pooling {m['pooling']!r} are invalid")
         if not m["stages"] or set(m["stages"]) - set(STAGES):
             raise ValueError(f"stages must be a non-empty subset of {STAGES}, got {sorted(m['stages'])}")
@@ -185,7 +185,7 @@ def _check_tile(stage: str, tile) -> None:
     """A stage's optional "tile": {"size": px, "overlap": px}: the domain size it was trained on, at which the
     runtime tiles it whatever --tile says. A net with GroupNorm and attention normalises over the whole
     image it sees, so on much larger images it sees other statistics than in training (the shipped
-    correction: MODEL_CARD.md, "The runtime's route")."""
+    correction: docs/experiments.md, "The runtime's route")."""
     ok = (isinstance(tile, dict) and set(tile) == {"size", "overlap"}
           and all(isinstance(tile[k], int) and not isinstance(tile[k], bool) for k in tile)
           and 8 <= tile["size"] <= 4096 and 0 <= tile["overlap"] < tile["size"])

@@ -51,9 +51,7 @@ def check_torch_settings(device: torch.device, precision: str, compile: bool, cu
     if device.type == "cuda":
         return
     if precision == "fp16":
-        # fp16 autocast does run on the CPU, but x86 CPUs without AVX512-FP16 convert instead of
-        # computing in it: a small U-Net took 0.55 s in fp16 against 0.18 s in fp32 and 0.06 s in bf16
-        # (2-core EPYC with avx512_bf16, 2026-12, 4 x 48^2 px): fp16 never pays on the CPU.
+        # x86 CPUs without AVX512-FP16 convert to fp16 instead of computing in it (benchmarks/RESULTS.md).
         raise ValueError(f"--precision fp16 runs on CUDA only (on the CPU it is slower than fp32); "
                          f"use --precision bf16 or fp32 on {device}")
     if cuda_graphs:

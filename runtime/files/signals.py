@@ -13,7 +13,7 @@ recorded, such dropped `Interrupted`s are not printed (sys.unraisablehook), and 
 `raise_if_interrupted()` at each step (the sampler's progress ticks), which raises it again.
 
 Exit status, the shell's convention for a process stopped by signal N: 128 + N (SIGHUP 129, SIGINT 130,
-SIGTERM 143). SIGKILL cannot be caught: runtime/files/writer.py removes such a run's temp file the next time a
+SIGTERM 143). SIGKILL cannot be caught: runtime/files/atomic.py removes such a run's temp file the next time a
 run writes into the same directory.
 """
 from __future__ import annotations

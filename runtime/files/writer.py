@@ -9,15 +9,9 @@ Coordinates time (unix s), member, threshold (mm/h), lat, lon, lat_lr, lon_lr ar
 scales. Missing pixels are NaN (`_FillValue` NaN); a pixel is missing in the statistics when any member
 is missing there. Data variables are gzip+shuffle compressed in (1, 1, <=512, <=512) chunks.
 
-Atomic: everything goes to `<dir>/.<name>.precipfast-<host>-<pid>-<random>.tmp` and is renamed over
-`path` (os.replace) only by finalize(); any exception (signals included, see runtime/files/signals.py) removes
-the temp file and leaves an existing `path` untouched. A run killed outright (SIGKILL, power loss) leaves
-its temp file; the next writer in that directory removes every such file of this host whose pid is dead
-(`sweep_stale_temporaries`) and nothing else.
-Full disks: HDF5 writes through `_GuardedFile`, which records the first failed write (ENOSPC, EDQUOT,
-EFBIG) and lets HDF5 believe the rest succeeded. HDF5's own error path on a full disk retries the flush
-from every object's deallocator and ends in a segfault; this way the writer raises one OutputError, HDF5
-closes cleanly, and the temp file is removed.
+Atomic and safe on a full disk through runtime/files/atomic.py: everything goes to a temporary file beside
+`path`, renamed over it (os.replace) only by finalize(); any exception removes the temp file and leaves an
+existing `path` untouched, and a failed write (ENOSPC, EDQUOT, EFBIG) ends in one OutputError.
 Streaming: OutputWriter takes member tiles and time slices as they come (tiles aligned to 512 pixels
 avoid recompressing chunks) and finalize() computes the statistics from the written file in 512x512
 blocks, so memory stays bounded for whole-CONUS domains. Pixels never written stay NaN.
@@ -25,11 +19,7 @@ blocks, so memory stays bounded for whole-CONUS domains. Pixels never written st
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import os
-import re
-import secrets
-import socket
 from pathlib import Path
 
 import h5py
@@ -37,6 +27,15 @@ import numpy as np
 
 from precipfast._version import __version__
 from precipfast.errors import OutputError
+from precipfast.runtime.files.atomic import (
+    SPACE_ERRNOS,
+    GuardedFile,
+    check_output_path,
+    create_temp,
+    current_umask,
+    space_error,
+    sweep_stale_temporaries,
+)
 from precipfast.runtime.files.signals import deferred
 
 DEFAULT_THRESHOLDS_MM_H = (0.1, 1.0, 5.0, 10.0, 20.0)
@@ -45,93 +44,6 @@ BLOCK = 512        # chunk edge and statistics block edge (pixels)
 GZIP_LEVEL = 4  # real MRMS rain: as fast as level 1 and 10 % smaller; level 6 is 4x slower for 5 % more
 CACHE_BYTES = 64 << 20  # chunk cache: holds a band of partially written chunks between tile writes
 PRECIP_ATTRS = {"units": "mm/h", "standard_name": "lwe_precipitation_rate"}
-SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # full disk, quota, `ulimit -f`
-_TMP_TAG = ".precipfast-"
-
-
-def check_output_path(path, overwrite: bool = False) -> Path:
-    """Refuse, before any work, an output that cannot be written: call it at the start of a run."""
-    text = os.fspath(path)
-    path = Path(path)
-    parent = path.parent
-    if path.is_dir():
-        raise OutputError(f"output '{path}' is a directory; expected a file path")
-    if text.endswith(("/", os.sep)):  # Path() drops the slash: 'dir/new/' would write a file named 'new'
-        raise OutputError(f"output '{text}' ends with '/'; expected a file path (e.g. '{path / 'ens.h5'}')")
-    if path.is_symlink() and not path.exists() and not overwrite:
-        raise OutputError(f"output '{path}' is a dangling symbolic link (to '{os.readlink(path)}'); pass "
-                          f"--overwrite to replace the link")
-    if not parent.exists():
-        raise OutputError(f"output directory '{parent}' does not exist")
-    if not parent.is_dir():
-        raise OutputError(f"output directory '{parent}' is not a directory")
-    if path.exists() and not overwrite:
-        raise OutputError(f"output '{path}' exists; pass --overwrite to replace it")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory '{parent}' is not writable")
-    probe = None
-    try:  # os.access can be wrong (root, ACLs, read-only mounts): try the real thing
-        with deferred():  # a signal lands after `probe` is known, so the finally removes it
-            probe = _create_temp(path)
-    except OSError as e:
-        if e.errno in SPACE_ERRNOS:
-            raise space_error(path, e) from None
-        raise OutputError(f"output directory '{parent}' is not writable ({e.strerror})") from None
-    finally:
-        if probe is not None:
-            os.unlink(probe)
-    return path
-
-
-def check_not_input(input_path, output_path) -> None:
-    """Refuse an output that is the input under another name: the same path, a symbolic link to it, or a
-    hard link (same device and inode). Call it before anything runs: with --overwrite the run would
-    otherwise replace the input by the ensemble."""
-    inp, out = Path(input_path), Path(output_path)
-    try:
-        same = os.path.samefile(inp, out)  # follows symlinks, compares st_dev and st_ino: hard links too
-    except OSError:  # one of them does not exist (or a dangling link): they cannot be the same file
-        return
-    if same:
-        how = ("the same path" if os.path.abspath(inp) == os.path.abspath(out) else
-               "the same file through symbolic links" if os.path.realpath(inp) == os.path.realpath(out) else
-               "a hard link to it")
-        raise OutputError(f"output '{os.fspath(output_path)}' is the input file '{os.fspath(input_path)}' ({how}); "
-                          f"choose another -o, the input "
-                          f"would be replaced by the ensemble")
-
-
-def space_error(path, e: OSError) -> OutputError:
-    """The one-line error for a write that failed for lack of space (ENOSPC, EDQUOT, EFBIG)."""
-    return OutputError(f"no space left writing '{path}' ({e.strerror or os.strerror(e.errno)}); free space "
-                       f"or choose another -o")
-
-
-def temp_name(path) -> str:
-    """`.<name>.precipfast-<host>-<pid>-<random>.tmp`: recognisable, and owned by a process of a host."""
-    return f".{Path(path).name}{_TMP_TAG}{_HOST}-{os.getpid()}-{secrets.token_hex(3)}.tmp"
-
-
-def sweep_stale_temporaries(directory) -> list[Path]:
-    """Remove the temp files of precipfast runs of this host that died (their pid is gone), in `directory`
-    only; returns what was removed. Files of live runs, of other hosts (shared file systems), links,
-    directories and every other name stay untouched."""
-    removed = []
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return removed
-    for entry in entries:
-        m = _TMP_RE.match(entry.name)
-        if not m or m["host"] != _HOST or int(m["pid"]) == os.getpid() or _pid_alive(int(m["pid"])):
-            continue
-        try:
-            if entry.is_file(follow_symlinks=False):
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
-        except OSError:
-            continue  # gone meanwhile, or not ours to remove: leave it
-    return removed
 
 
 def ensemble_stats(block, thresholds_mm_h):
@@ -180,8 +92,8 @@ class OutputWriter:
         self.tmp, self._f, self._io, self._stats_done, self._done = None, None, None, set(), False
         try:
             with deferred():  # a signal lands after self.tmp is set, inside this try: abort removes the file
-                self.tmp = Path(_create_temp(self.path))
-            self._io = _GuardedFile(self.tmp)
+                self.tmp = Path(create_temp(self.path))
+            self._io = GuardedFile(self.tmp)
             with deferred():  # signals land between HDF5 calls, never inside one (see _write)
                 self._f = h5py.File(self._io, "w", track_order=True, rdcc_nbytes=CACHE_BYTES, rdcc_nslots=10007,
                                     rdcc_w0=1.0)
@@ -257,7 +169,7 @@ class OutputWriter:
             except OSError as e:
                 raise (space_error(self.path, e) if e.errno in SPACE_ERRNOS else e) from None
             self._io.close()
-            os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+            os.chmod(self.tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the usual permissions
             if self.path.exists() and not self.overwrite:
                 raise OutputError(f"output '{self.path}' appeared during the run; pass --overwrite to replace it")
             os.replace(self.tmp, self.path)
@@ -272,7 +184,7 @@ class OutputWriter:
         self._done = True
         try:
             if self._f is not None and self._f.id.valid:
-                self._f.close()  # cannot fail for lack of space: _GuardedFile swallows failed writes
+                self._f.close()  # cannot fail for lack of space: GuardedFile swallows failed writes
         except Exception:  # a file being thrown away; the error that brought us here is the one to report
             pass
         finally:
@@ -384,91 +296,6 @@ def write_output(path, result, *, lat, lon, lat_lr=None, lon_lr=None, times=None
     return Path(path)
 
 
-# ---------------------------------------------------------------------------- temp files and full disks
-_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname().split(".")[0]) or "host"
-_TMP_RE = re.compile(r"^\.(?P<name>.+)\.precipfast-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[0-9a-f]{6}\.tmp$")
-
-
-def _create_temp(path) -> str:
-    """Create the temp file beside `path` (O_EXCL, mode 0600); returns its path."""
-    parent = Path(path).parent
-    for _ in range(100):
-        tmp = os.path.join(parent, temp_name(path))
-        try:
-            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
-            return tmp
-        except FileExistsError:
-            continue
-    raise OutputError(f"cannot create a temporary file beside '{path}' (100 names taken)")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def _write_all(raw, view) -> None:
-    """Write every byte of `view` at the current position (os-level writes may be partial)."""
-    done = 0
-    while done < view.nbytes:
-        done += raw.write(view[done:])
-
-
-class _GuardedFile:
-    """The file object HDF5 writes through (h5py's fileobj driver). The first failed write is recorded in
-    `error` and every later write is dropped while reporting success, so HDF5 never enters its full-disk
-    error path; the writer checks `error` after each write and raises once."""
-
-    def __init__(self, path):
-        self.raw = open(path, "r+b", buffering=0)
-        self.error: OSError | None = None
-
-    def write(self, data) -> int:
-        view = memoryview(data).cast("B")
-        pos = self.raw.tell()
-        if self.error is None:
-            try:
-                _write_all(self.raw, view)
-                return view.nbytes
-            except OSError as e:
-                self.error = e
-        self.raw.seek(pos + view.nbytes)
-        return view.nbytes
-
-    def truncate(self, size=None):
-        try:
-            return self.raw.truncate(size)
-        except OSError as e:
-            self.error = self.error or e
-            return size
-
-    def seek(self, offset, whence=0):
-        return self.raw.seek(offset, whence)
-
-    def tell(self):
-        return self.raw.tell()
-
-    def read(self, n=-1):
-        return self.raw.read(n)
-
-    def readinto(self, buf):
-        return self.raw.readinto(buf)
-
-    def flush(self):
-        pass
-
-    def fileno(self):
-        return self.raw.fileno()
-
-    def close(self):
-        self.raw.close()
-
-
 # ---------------------------------------------------------------------------- helpers
 def _axis(values, name) -> np.ndarray:
     a = np.asarray(values, np.float64)
@@ -514,8 +341,3 @@ def _attr_value(v):
         return str(v)
     return v
 
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it; restored at once
-    os.umask(mask)
-    return mask

@@ -17,6 +17,7 @@ import torch
 from precipfast.config import DEFAULT_OVERLAP, DEFAULT_TILE, SamplerConfig
 from precipfast.edm import churn_gamma, clip_start, karras_sigmas
 from precipfast.kernels.heun_residual import NoiseWindow, get_step_impl
+from precipfast.noise import Origin
 from precipfast.runtime.sampling.tiling import TileBlender, balanced_tile, crop, plan_tiles
 
 Backend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -88,21 +89,20 @@ def member_runs(part: list[tuple[int, int]]) -> list[list[int]]:
 
 def sample_ensemble(backend: Backend, cond: torch.Tensor, members: Sequence[int], stage: str, seed: int,
                     cfg: SamplerConfig, tiling: Tiling, base: torch.Tensor | None = None,
-                    origin: tuple[int, int, int] | None = None, step_impl=None,
+                    origin: Origin | None = None, step_impl=None,
                     on_images: Callable[[int], None] | None = None, transform=None) -> torch.Tensor:
     """Sample the residual for `members` at once (Karras et al. 2022, Algorithm 2); returns base + residual
     (or the residual alone), in mm/h clipped at 0 when `transform` (a TransformConfig) is given.
 
     cond (E or 1, Cc, H, W) working-space conditioning; base (E or 1, 1, H, W) added at the end;
-    origin (row0, col0, global_width) places the domain on the global grid that keys the noise;
+    origin places the domain on the global grid that keys the noise (default: its own corner and width);
     step_impl: a step object of `kernels.heun_residual` (default: `get_step_impl(cond.device)`);
     on_images(n) reports progress in (member, tile) images denoised (see `images`)."""
     h, w = cond.shape[-2], cond.shape[-1]
-    r0, c0, gw = origin or (0, 0, w)
     tiles, overlap = domain_tiles(h, w, tiling)
     ts = [float(t) for t in karras_sigmas(cfg.num_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)]
     step = step_impl if step_impl is not None else get_step_impl(cond.device)
-    win = NoiseWindow(seed, tuple(members), stage, r0, c0, gw)
+    win = NoiseWindow(seed, tuple(members), stage, (origin or Origin()).shifted(0, 0, w))
 
     def denoise(x, t):
         return denoise_domain(backend, x, t, cond, tiling, tiles, overlap, on_images)

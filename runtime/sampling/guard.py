@@ -1,7 +1,7 @@
 """The physical guard: a member rate far above anything the input's neighbourhood and the training data
 allow is a failure to report, like inf/NaN, never a value to write.
 
-Rule (README, "The physical guard"): a 1 km member pixel fails when its rate r (mm/h) exceeds
+Rule (docs/sampling.md, "The physical guard"): a 1 km member pixel fails when its rate r (mm/h) exceeds
     min(ABS_MAX_MM_H, (1 + M) * R - 1)    ... and r > FLOOR_MM_H
 where M is the largest input rate in the 3 x 3 (5 x 5 when the correction stage ran) block of coarse
 pixels around the pixel's own, and R = exp(sum of the stages' `denoised_max`), the largest ratio
@@ -59,5 +59,5 @@ def check_members(precip: np.ndarray, lr_mm_h: np.ndarray, factor: int, ratio: f
     raise SamplingError(
         f"the {what} broke the physical guard: {n} member pixel(s) above the bound, worst {float(p[k, i, a, j, b]):.1f} "
         f"mm/h (member {k}, pixel {i * factor + a},{j * factor + b}) where the input's neighbourhood allows at most "
-        f"{lim:.1f} mm/h (README, 'The physical guard'); expected a model inside its training range: "
+        f"{lim:.1f} mm/h (docs/sampling.md, 'The physical guard'); expected a model inside its training range: "
         "check the bundle and the input's units")

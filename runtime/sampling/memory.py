@@ -15,26 +15,14 @@ from precipfast.errors import PrecipfastError
 GIB = 1024 ** 3
 FLOAT32 = 4
 
-# Full-domain float32 fields per member at the peak of a stage, by step implementation.
-# reference: x_hat, both denoised estimates (blender numerators), the Euler point, the conditioning/base
-#   and the allocating step's temporaries. Measured: the peak RSS of the shipped downscaling stage over
-#   1500^2 px grows by 13.7 fields for the second member (/proc VmHWM, 1 vs 2 members, 3 steps,
-#   ONNX Runtime; benchmarks/RESULTS.md, 2026-12-01).
-# inplace / triton: x_hat, D(x_hat), the Euler point and its D, updated in place, plus the shared base
-#   and blender weights. Measured 4.8 fields per extra member (5.1 with glibc's default malloc
-#   threshold) and 7.0 for a one-member sample, against 8.4 and 11.8 for the reference under the same
-#   conditions (`bench_kernels --mode memory --hw 1500 1500`, benchmarks/RESULTS.md, 2026-12-02). The
-#   estimate is the bound of 6: 5.1 plus a field of margin for the backend's buffers. The Triton
-#   step holds the same four fields (its kernels update them in place); its peak on a GPU is not
-#   measured yet.
+# Full-domain float32 fields per member at the peak of a stage, by step implementation. The reference holds
+# x_hat, both denoised estimates, the Euler point, the conditioning/base and its allocating step's temporaries;
+# the in-place and Triton steps update x_hat, D(x_hat), the Euler point and its D in place. Each bound is its
+# measured peak plus a field of margin for the backend's buffers (benchmarks/RESULTS.md, "Memory").
 STATE_FIELDS = {"reference": 14, "inplace": 6, "triton": 6}
 
-# Pixels per backend call on the CPU. Past a few images a 2-core CPU gains no throughput, only memory:
-# ONNX Runtime keeps every intermediate of a call in its arena. Shipped downscaling net, 128 px tiles
-# (`python -m precipfast.benchmarks.bench_backends --model precipfast/bundles/default --stage
-# downscaling --hw 128 128 --backends onnxruntime --max-batch N`): 2, 8 and 48 images per call ran at
-# 28.6, 27.4 and 29.4 images/s, and the 30-member 5x5 degree run peaked at 1.00 GiB with this cap
-# against 2.38 GiB with 48 images per call.
+# Pixels per backend call on the CPU: past a few 128 px tiles a 2-core CPU gains no throughput, only memory,
+# since ONNX Runtime keeps every intermediate of a call in its arena (benchmarks/RESULTS.md, images per call).
 CPU_PIXELS_PER_CALL = 8 * 128 * 128
 
 

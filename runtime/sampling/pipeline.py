@@ -20,7 +20,7 @@ from precipfast.config import STAGES, SamplerConfig
 from precipfast.errors import InputFormatError, SamplingError
 from precipfast.grid import upsample
 from precipfast.kernels.heun_residual import get_step_impl, step_impl_name
-from precipfast.noise import time_seed
+from precipfast.noise import Origin, time_seed
 from precipfast.options import SampleOptions
 from precipfast.runtime.engines.backends import BackendOptions, get_backend, resolve_auto
 from precipfast.runtime.engines.bundle import default_bundle_path, open_bundle
@@ -30,32 +30,6 @@ from precipfast.runtime.files.reader import expected_pixel_check
 from precipfast.runtime.sampling import guard, memory
 from precipfast.runtime.sampling.ensemble import Tiling, evaluations, images, sample_ensemble
 from precipfast.transform import forward, inverse
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Where a field sits on the global grid of its pixel size, so noise is keyed by global pixel."""
-    row0: int = 0
-    col0: int = 0
-    width: int = 0  # global grid width in pixels (0 = the field's own width)
-
-    @staticmethod
-    def from_coords(lat_north: float, lon_west: float, pixel_deg: float) -> "Origin":
-        """Global 0-based pixel of the north-west centre on a grid of pixel_deg from (90N, 180W)."""
-        return Origin(int(round((90.0 - lat_north) / pixel_deg - 0.5)),
-                      int(round((lon_west + 180.0) / pixel_deg - 0.5)), int(round(360.0 / pixel_deg)))
-
-    @staticmethod
-    def from_latlon(lat, lon) -> "Origin":
-        """The origin of a north-up field from its 1-D pixel-centre coordinates (lat descending)."""
-        lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
-        if lat.ndim != 1 or lon.ndim != 1 or lat.size < 2 or lon.size < 2 or not lat[0] > lat[1]:
-            raise InputFormatError(f"lat/lon must be 1-D pixel centres, lat descending (north-up), with at least 2 "
-                                   f"values each; got lat {lat.shape}, lon {lon.shape}")
-        return Origin.from_coords(float(lat[0]), float(lon[0]), float(lon[1] - lon[0]))
-
-    def scaled(self, factor: int) -> "Origin":
-        return Origin(self.row0 * factor, self.col0 * factor, self.width * factor)
 
 
 @dataclass
@@ -173,7 +147,7 @@ class Pipeline:
     def context_of(self, field):
         """The input's pixels around its bbox crop (`io_h5.Context`) where the correction stage uses them:
         the stage samples the larger domain and keeps the crop, so the crop's edges see their real
-        neighbours (coarse CRPS 3-4 % better on 200 km crops, MODEL_CARD.md). None for arrays, for inputs
+        neighbours (coarse CRPS 3-4 % better on 200 km crops, docs/experiments.md). None for arrays, for inputs
         read without context, and for a correction stage with aux channels (they cover the crop only)."""
         ctx = getattr(field, "context", None)
         corr = self.stages.get("correction")
@@ -205,7 +179,7 @@ class Pipeline:
             wide, top, left = context
             x_wide = forward(torch.from_numpy(np.nan_to_num(wide, nan=0.0)), self.transform).to(self.device)
             x_wide, inner = x_wide.view(1, 1, *wide.shape), (slice(top, top + h), slice(left, left + w))
-            org_wide = Origin(org.row0 - top, org.col0 - left, org.width or w)
+            org_wide = org.shifted(-top, -left, w)
         else:
             x_wide, inner, org_wide = x_sat, (slice(None), slice(None)), org
         corr = self.stages.get("correction")
@@ -217,7 +191,7 @@ class Pipeline:
                 cond = self._cond(corr, x_wide, aux, lr_grid=True)
                 x_corr = sample_ensemble(corr.backend, cond, group, "correction", seed,
                                          _steps(corr.sampler, steps), corr.tiling, base=x_wide,
-                                         origin=(org_wide.row0, org_wide.col0, org_wide.width or w), step_impl=step,
+                                         origin=org_wide.shifted(0, 0, w), step_impl=step,
                                          on_images=_tick(progress, "correction"))
                 x_corr = x_corr[:, :, inner[0], inner[1]]
             else:
@@ -231,7 +205,7 @@ class Pipeline:
                 del x_corr
                 x_fin = sample_ensemble(down.backend, cond, group, "downscaling", seed,
                                         _steps(down.sampler, steps), down.tiling, base=x_up,
-                                        origin=(fo.row0, fo.col0, fo.width or w * f), step_impl=step,
+                                        origin=fo.shifted(0, 0, w * f), step_impl=step,
                                         on_images=_tick(progress, "downscaling"))
                 del x_up, cond
                 fine_missing = missing.repeat_interleave(f, 0).repeat_interleave(f, 1)

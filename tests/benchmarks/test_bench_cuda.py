@@ -48,4 +48,10 @@ def test_bf16_fast_path_on_a_tiled_domain(capsys):
 
 def test_cuda_only_switches_are_refused_on_the_cpu():
     with pytest.raises(ValueError, match="--torch-compile runs on CUDA only"):
+        bench_cuda.main(TINY + ["--torch-compile"])
+
+
+def test_the_old_flag_names_point_to_the_new_ones(capsys):
+    with pytest.raises(SystemExit) as e:
         bench_cuda.main(TINY + ["--compile"])
+    assert e.value.code == 2 and "--compile is now --torch-compile" in capsys.readouterr().err

@@ -1,11 +1,14 @@
 """experiments/dry_pixels.py: the inside-rain mask, dry shares against hand counts, a sample output read on its
 input's grid, and the truth's share in real training pairs."""
-import h5py
 import numpy as np
 import pytest
 
 from experiments import dry_pixels
 from precipfast.runtime.files.input_writer import write_precipfast_input
+from precipfast.runtime.files.writer import write_output
+
+ATTRS = {"model_name": "t", "model_sha256": "ab" * 32, "steps": 2, "seed": 0, "backend": "torch",
+         "input_sha256": "cd" * 32}
 
 
 def test_inside_rain_mask_by_hand():
@@ -31,8 +34,19 @@ def test_dry_share_by_hand():
 
 
 def _sample_file(path, corrected, lat, lon):
-    with h5py.File(path, "w") as f:
-        f["corrected_lr"], f["lat_lr"], f["lon_lr"] = corrected, lat, lon
+    """A `precipfast sample` output whose correction stage gave `corrected` (T, E, h, w) on the grid (lat, lon)."""
+    t, e, h, w = corrected.shape
+    half = np.array([0.025, -0.025])                  # two fine pixels a coarse one
+    write_output(path, {"precip": np.ones((t, e, 2 * h, 2 * w), np.float32), "corrected_lr": corrected},
+                 lat=(lat[:, None] + half).ravel(), lon=(lon[:, None] - half).ravel(), lat_lr=lat, lon_lr=lon,
+                 attrs=ATTRS)
+
+
+def test_no_corrected_lr_is_refused(tmp_path):
+    lat, lon = 40 - 0.1 * np.arange(4), -100 + 0.1 * np.arange(4)
+    write_output(tmp_path / "out.h5", {"precip": np.ones((1, 2, 4, 4), np.float32)}, lat=lat, lon=lon, attrs=ATTRS)
+    with pytest.raises(ValueError, match="has no corrected_lr: run `precipfast sample` with the correction stage"):
+        dry_pixels.members_share(str(tmp_path / "out.h5"), str(tmp_path / "in.h5"))
 
 
 def test_members_share_on_the_inputs_grid(tmp_path):

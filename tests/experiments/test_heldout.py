@@ -37,17 +37,17 @@ def test_shipped_checkpoints_beat_interpolation_on_held_out_places():
                       qmap=quantile_map(np.linspace(0, 10, 50), np.linspace(0, 10, 50)),
                       corrections=("correction_crps_max48",))
     s = res["summary"]
-    assert s["down_8"]["crps_over_better_bilinear"] <= 0.8          # measured 0.69 at 250 steps
+    assert s["down_8"]["fair_crps_over_better_bilinear"] <= 0.8          # measured 0.69 at 250 steps
     assert 0.5 <= s["down_8"]["median_spread_skill"] <= 1.6
     two = s["two_crps_max48"]                                        # the shipped correction (a CRPS generator)
-    assert two["coarse_crps_over_input"] <= 0.9                      # stage 1 helps (measured 0.70)
-    assert two["crps_over_bilinear_input"] < s["two_none"]["crps_over_bilinear_input"]
+    assert two["coarse_fair_crps_over_input"] <= 0.9                 # stage 1 helps (measured 0.70)
+    assert two["fair_crps_over_bilinear_input"] < s["two_none"]["fair_crps_over_bilinear_input"]
     assert two["worst_p9999_over_truth_max"] <= 2.0 and two["worst_max_over_truth_max"] <= 4.0  # never invents
 
 
 def test_case_table_lists_each_case_against_its_baselines():
-    down = {"crps": 0.3, "bilinear_mean_mae": 0.6, "bilinear_max_mae": 0.5, "spread_skill": 0.9, "psd_ratio": 0.8}
-    two = {"coarse_mae": 0.4, "coarse_crps": 0.25, "crps": 0.45, "p9999": 30.0, "max": 45.0}
+    down = {"fair_crps": 0.3, "bilinear_mean_mae": 0.6, "bilinear_max_mae": 0.5, "spread_skill": 0.9, "psd_ratio": 0.8}
+    two = {"coarse_mae": 0.4, "coarse_fair_crps": 0.25, "fair_crps": 0.45, "p9999": 30.0, "max": 45.0}
     res = {"default_steps": 8, "rows": [{"source": "qpe/20160922", "frame": 3, "row0": 100, "col0": 40,
                                          "truth_max": 20.0, "sat_mae": 0.5, "sat_bilinear_mae": 0.9,
                                          "down_8": down, "two_crps_max": two}]}
@@ -76,21 +76,21 @@ def test_runtime_route_crop_carries_its_neighbours_and_scores_both_routes():
     for route in heldout_runtime.ROUTES:
         s = res["summary"][f"{route}_0"]
         # two members on a light shower: the shipped route helps; both stay physical
-        assert 0.3 < s["crps_over_bilinear_input"] < 1.0 and s["coarse_crps_over_input"] < 1.0
-        assert s["worst_p9999_over_truth_max"] <= 2.0 and row[f"{route}_0"]["crps"] > 0
-    assert row["shipped_0"]["coarse_crps"] != row["one_tile_no_context_0"]["coarse_crps"]
+        assert 0.3 < s["fair_crps_over_bilinear_input"] < 1.0 and s["coarse_fair_crps_over_input"] < 1.0
+        assert s["worst_p9999_over_truth_max"] <= 2.0 and row[f"{route}_0"]["fair_crps"] > 0
+    assert row["shipped_0"]["coarse_fair_crps"] != row["one_tile_no_context_0"]["coarse_fair_crps"]
     # the information floor beside them (experiments/oracle.py): the truth itself, spread by the shift's prior
     o = res["summary"]["shift_oracle"]
-    assert 0.1 < o["crps_over_bilinear_input"] < 1.0 and row["shift_oracle_crps"] > 0
-    assert o["crps_over_bilinear_clean"] > o["crps_over_bilinear_input"]
-    assert 0.1 < o["coarse_crps_over_input"] < 1.0 and row["shift_oracle_coarse_crps"] > 0
+    assert 0.1 < o["fair_crps_over_bilinear_input"] < 1.0 and row["shift_oracle_fair_crps"] > 0
+    assert o["fair_crps_over_bilinear_clean"] > o["fair_crps_over_bilinear_input"]
+    assert 0.1 < o["coarse_fair_crps_over_input"] < 1.0 and row["shift_oracle_coarse_fair_crps"] > 0
 
 
 def test_over_draws_averages_skill_and_keeps_the_worst_peaks():
     from experiments.heldout_runtime import over_draws
-    got = over_draws({0: {"shipped_0": {"crps_over_bilinear_input": 0.5, "worst_p9999_over_truth_max": 2.1}},
-                      3: {"shipped_0": {"crps_over_bilinear_input": 0.6, "worst_p9999_over_truth_max": 1.5}}})
-    assert got == {"shipped_0": {"crps_over_bilinear_input": 0.55, "worst_p9999_over_truth_max": 2.1}}
+    got = over_draws({0: {"shipped_0": {"fair_crps_over_bilinear_input": 0.5, "worst_p9999_over_truth_max": 2.1}},
+                      3: {"shipped_0": {"fair_crps_over_bilinear_input": 0.6, "worst_p9999_over_truth_max": 1.5}}})
+    assert got == {"shipped_0": {"fair_crps_over_bilinear_input": 0.55, "worst_p9999_over_truth_max": 2.1}}
 
 
 def test_correction_domains_score_each_domain_by_ring():
@@ -98,6 +98,6 @@ def test_correction_domains_score_each_domain_by_ring():
     res = heldout_runtime.correction_domains(DATA, members=4, seed=5, ckpt=CKPT, cases={"fmi/fmi_20170509": (1,)})
     assert set(res) == set(heldout_runtime.DOMAINS)
     for v in res.values():
-        assert 0.2 < v["coarse_crps_over_input"] < 1.2 and len(v["by_ring"]) == 10   # 20 px crops: rings 0-9
+        assert 0.2 < v["coarse_fair_crps_over_input"] < 1.2 and len(v["by_ring"]) == 10   # 20 px crops: rings 0-9
     # the crop alone and the crop among its neighbours are different problems at the crop's edge
     assert res["crop_one_tile"]["by_ring"][0] != res["crop_context8_tiled32"]["by_ring"][0]

@@ -12,7 +12,7 @@ from experiments.shift_oracle import frame_shift, shift_oracle
 from precipfast.config import DegradationConfig
 from precipfast.train.degrade import degrade, shift_bilinear
 from precipfast.train.sources import FILES
-from precipfast.verify.scores import crps_ensemble
+from precipfast.verify.scores import fair_crps
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -38,7 +38,7 @@ def test_oracle_without_displacement_is_the_truth_and_scores_zero():
     assert m.shape == (4, 50, 50)
     for k in range(4):
         np.testing.assert_allclose(m[k].numpy(), frame[30:80, 40:90], rtol=1e-5, atol=1e-5)
-    assert float(crps_ensemble(m, torch.from_numpy(frame[30:80, 40:90]), fair=True).mean()) < 1e-5
+    assert float(fair_crps(m, torch.from_numpy(frame[30:80, 40:90])).mean()) < 1e-5
 
 
 def test_oracle_moves_the_truth_by_the_shift_in_fine_pixels():
@@ -55,13 +55,13 @@ def test_oracle_moves_the_truth_by_the_shift_in_fine_pixels():
 def test_floor_on_a_held_out_case_is_the_ratio_of_its_row():
     (r,) = floor(DATA, (0,), cases={"fmi/fmi_20170509": (1,)}, max_windows=1).values()
     (row,) = r["rows"]
-    assert r["crps_over_bilinear_input"] == row["shift_oracle_crps"] / row["sat_bilinear_mae"]
-    assert r["coarse_crps_over_input"] == row["shift_oracle_coarse_crps"] / row["sat_mae"]
-    assert 0.3 < r["coarse_crps_over_input"] < 0.9
+    assert r["fair_crps_over_bilinear_input"] == row["shift_oracle_fair_crps"] / row["sat_bilinear_mae"]
+    assert r["coarse_fair_crps_over_input"] == row["shift_oracle_coarse_fair_crps"] / row["sat_mae"]
+    assert 0.3 < r["coarse_fair_crps_over_input"] < 0.9
     # a light FMI shower moved ~14 km: even knowing the truth, the shift's prior leaves 0.5-0.9x
-    assert 0.5 < r["crps_over_bilinear_input"] < 0.9
+    assert 0.5 < r["fair_crps_over_bilinear_input"] < 0.9
     assert row["shift"] == frame_shift(DegradationConfig(shift_px=2.0), 0, 1).tolist()
     # a satellite placed exactly leaves the oracle nothing to guess: it is the truth
     (r0,) = floor(DATA, (0,), cases={"fmi/fmi_20170509": (1,)}, max_windows=1, shift_px=0.0).values()
-    assert r0["rows"][0]["shift"] == [0.0, 0.0] and r0["crps_over_bilinear_input"] < 1e-5
-    assert r0["coarse_crps_over_input"] < 1e-5
+    assert r0["rows"][0]["shift"] == [0.0, 0.0] and r0["fair_crps_over_bilinear_input"] < 1e-5
+    assert r0["coarse_fair_crps_over_input"] < 1e-5

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from precipfast.errors import InputFormatError
-from precipfast.jobs.info import describe, read_output
+from precipfast.jobs.info import describe
+from precipfast.runtime.files.ensemble_file import read_output
 from precipfast.runtime.files.input_writer import write_precipfast_input
 from precipfast.runtime.files.writer import write_output
 

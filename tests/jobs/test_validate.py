@@ -83,7 +83,7 @@ def test_pearson_closed_forms():
 
 
 # ---------------------------------------------------------------------------------------------- end to end
-KEYS = {"crps", "crps_fair", "ens_mean_mae", "ens_mean_rmse", "ens_mean_corr", "spread_skill", "bilinear_mae",
+KEYS = {"fair_crps", "plain_crps", "ens_mean_mae", "ens_mean_rmse", "ens_mean_corr", "spread_skill", "bilinear_mae",
         "bilinear_rmse", "bilinear_corr", "nearest_mae", "nearest_rmse", "bilinear_meanpool_mae",
         "member_min_mm_h", "truth_mean_mm_h", "ens_mean_mm_h", "psd_ratio_members", "psd_ratio_bilinear"}
 
@@ -97,13 +97,14 @@ def test_validate_tiny_bundle_returns_every_score_and_writes_files(tiny_bundle, 
                  seed=3, stages=stages, backend="torch", device="cpu", crop=65, out=str(out))
     assert r["frames"] == [0, 35] and r["crop_px"] == 60 and r["stages"] == stages.split(",")
     assert len(r["per_frame"]) == 2 and [w["size_px"] for w in r["windows"]] == [60, 60]
-    keys = KEYS | ({"corrected_lr_crps", "input_lr_mae"} if mode == "full" else set())
+    keys = KEYS | ({"corrected_lr_fair_crps", "corrected_lr_plain_crps", "input_lr_mae"} if mode == "full" else set())
     for scores in (r["aggregate"], *r["per_frame"]):
         assert keys <= set(scores)
         # random weights give wild but finite rain; correlation may be NaN only for a constant field
         assert all(math.isfinite(scores[k]) for k in keys - {"ens_mean_corr", "bilinear_corr"})
         assert scores["member_min_mm_h"] >= 0
-    assert r["beats_bilinear"] is (r["aggregate"]["crps"] < r["aggregate"]["bilinear_mae"])
+    assert r["beats_bilinear"] is (r["aggregate"]["plain_crps"] < r["aggregate"]["bilinear_mae"])
+    assert r["aggregate"]["fair_crps"] <= r["aggregate"]["plain_crps"]   # the plain one is biased high
     n = len(r["psd"]["wavelength_km"])
     assert n == 30 and all(len(r["psd"][k]) == n for k in ("truth", "members", "bilinear"))
     saved = json.loads((out / "metrics.json").read_text())
@@ -112,14 +113,14 @@ def test_validate_tiny_bundle_returns_every_score_and_writes_files(tiny_bundle, 
     # Same seed, same numbers (noise is a pure function of seed, member, stage, step, pixel).
     again = run_validate(tiny_bundle, shared_data, frames=(0,), members=2, steps=2, seed=3, stages=stages,
                      backend="torch", device="cpu", crop=60)
-    assert again["per_frame"][0]["crps"] == pytest.approx(r["per_frame"][0]["crps"], rel=1e-6)
+    assert again["per_frame"][0]["fair_crps"] == pytest.approx(r["per_frame"][0]["fair_crps"], rel=1e-6)
 
 
 @pytest.mark.data
 def test_validate_finds_nan_free_windows_in_fmi(tiny_bundle, shared_data):
     r = run_validate(tiny_bundle, shared_data, source="fmi/fmi_20160928", frames=(-1,), members=2, steps=2,
                  backend="torch", device="cpu", crop=50)
-    assert r["windows"][0]["frame"] == 19 and math.isfinite(r["aggregate"]["crps"])
+    assert r["windows"][0]["frame"] == 19 and math.isfinite(r["aggregate"]["fair_crps"])
 
 
 @pytest.mark.data
@@ -147,7 +148,7 @@ def test_shipped_bundle_has_skill_on_held_out_radar(shipped_bundle, shared_data)
     r = run_validate(shipped_bundle, shared_data, source="mrms/region_3", frames=(0, 35), members=8, steps=8,
                  seed=0, stages="downscaling", backend="auto", device="cpu", crop=200)
     a = r["aggregate"]
-    assert a["crps"] < a["bilinear_mae"], a
+    assert a["plain_crps"] < a["bilinear_mae"], a
     assert r["beats_bilinear"]
     assert 0.3 < a["spread_skill"] < 3.0, a
     assert a["member_min_mm_h"] >= 0

@@ -26,6 +26,7 @@ from precipfast.kernels.heun_residual import (
     get_step_impl,
     heun_residual,
 )
+from precipfast.noise import Origin
 from precipfast.runtime.sampling.ensemble import Tiling, sample_ensemble
 
 EXACT = {"rtol": 0.0, "atol": 0.0}
@@ -78,7 +79,7 @@ def test_reference_step_is_edm_heun_step_in_float64():
 
 def test_reference_churn_is_edm_churn_with_runtime_noise():
     x = torch.randn(2, 1, 6, 5, dtype=torch.float64)
-    win = NoiseWindow(9, (1, 4), "correction", 2, 3, 40)
+    win = NoiseWindow(9, (1, 4), "correction", Origin(2, 3, 40))
     gamma = edm.churn_gamma(2.0, 10, 4.0, 0.0, math.inf)
     eps = noise.normal_members(9, [1, 4], "correction", 6, 2, 8, 3, 8, 40).double()
     want, t_hat = edm.churn(x, 2.0, gamma, 1.003, eps)
@@ -155,7 +156,7 @@ def test_step_objects_match_reference(impl, dtype, device):
     dev = "cpu" if impl == "inplace" else device
     step, ref = get_step_impl(dev, impl), ReferenceStep()
     x_hat, den_hat, x_next, den_next, base = _fields((2, 1, 13, 29), dtype, seed=3)
-    win = NoiseWindow(5, (3, 1), "downscaling", 10, 21, 77)
+    win = NoiseWindow(5, (3, 1), "downscaling", Origin(10, 21, 77))
     c = lambda t: t.clone().to(dev)  # noqa: E731
     torch.testing.assert_close(step.init((2, 1, 13, 29), 80.0, win, device=dev).cpu(),
                                ref.init((2, 1, 13, 29), 80.0, win), **EXACT)
@@ -244,7 +245,7 @@ def test_sampler_with_each_step_equals_sampler_with_reference(cfg, device, monke
     g = torch.Generator().manual_seed(1)
     cond = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 25, 31, generator=g), 5, 1)  # 21 x 27, tiled
     args = (den, cond, [0, 3], "downscaling", 7, cfg, Tiling(tile=16, overlap=4))
-    kw = {"base": cond, "origin": (40, 13, 900)}
+    kw = {"base": cond, "origin": Origin(40, 13, 900)}
     ref = sample_ensemble(*args, step_impl=ReferenceStep(), **kw)
     ref_mm_h = sample_ensemble(*args, step_impl=ReferenceStep(), transform=TR, **kw)
     for impl in ("inplace", "triton"):

@@ -5,15 +5,16 @@ import torch
 
 from precipfast import noise
 from precipfast.kernels.philox_noise import NoiseWindow, member_noise, member_noise_inplace, member_noise_reference
+from precipfast.noise import Origin
 
 # Windows chosen to reach every word of the layout: a seed above 2^32 (key word 1) whose low word is
 # above 2^31 (an unsigned key word), odd columns (windows starting on lane 1), a global index above
 # 2^32 (counter word 1), members out of order, and shapes that are not multiples of the 1024-pixel
 # block (37 x 53 = 1961, 3 x 1 x 1).
 WINDOWS = [
-    ((1, 1, 37, 53), NoiseWindow(2 ** 40 + 2 ** 31 + 12345, (5,), "downscaling", 3, 7, 101)),
-    ((3, 1, 19, 67), NoiseWindow(7, (4, 0, 2), "correction", 50_000, 99_931, 100_001)),  # p > 2^32
-    ((3, 1, 1, 1), NoiseWindow(0, (0, 1, 2), "downscaling", 0, 0, 1)),
+    ((1, 1, 37, 53), NoiseWindow(2 ** 40 + 2 ** 31 + 12345, (5,), "downscaling", Origin(3, 7, 101))),
+    ((3, 1, 19, 67), NoiseWindow(7, (4, 0, 2), "correction", Origin(50_000, 99_931, 100_001))),  # p > 2^32
+    ((3, 1, 1, 1), NoiseWindow(0, (0, 1, 2), "downscaling", Origin(0, 0, 1))),
 ]
 
 
@@ -25,8 +26,8 @@ def _poisoned(shape, device):
 @pytest.mark.parametrize("shape, win", WINDOWS)
 def test_initial_noise_is_bit_identical_to_runtime_noise(shape, win, device):
     got = member_noise(_poisoned(shape, device), win, 0, 80.0, accumulate=False).cpu()
-    eps = noise.normal_members(win.seed, win.members, win.stage, 0, win.row0, win.row0 + shape[2],
-                               win.col0, win.col0 + shape[3], win.width)
+    eps = noise.normal_members(win.seed, win.members, win.stage, 0, win.origin.row0, win.origin.row0 + shape[2],
+                               win.origin.col0, win.origin.col0 + shape[3], win.origin.width)
     # Exact: the Philox words are integers; Box-Muller runs in float64 and is rounded once to float32,
     # where a last-bit difference of numpy's / libdevice's log, cos or sin against torch's survives in
     # ~1e-8 of samples (precipfast/noise.py), i.e. in none of these few thousand.
@@ -54,7 +55,7 @@ def test_inplace_cpu_noise_equals_reference():
 
 
 def test_member_noise_refuses_bad_arguments(device):
-    win = NoiseWindow(1, (0, 1), "downscaling", 0, 0, 8)
+    win = NoiseWindow(1, (0, 1), "downscaling", Origin(0, 0, 8))
     with pytest.raises(ValueError, match="float32"):
         member_noise(torch.zeros(2, 1, 4, 8, dtype=torch.float64, device=device), win, 0, 1.0, False)
     with pytest.raises(ValueError, match="names 2"):
@@ -62,6 +63,6 @@ def test_member_noise_refuses_bad_arguments(device):
     with pytest.raises(ValueError, match="step"):
         member_noise(torch.zeros(2, 1, 4, 8, device=device), win, 70_000, 1.0, False)
     with pytest.raises(ValueError, match="stage"):
-        NoiseWindow(1, (0,), "nowcast", 0, 0, 8)
+        NoiseWindow(1, (0,), "nowcast", Origin(0, 0, 8))
     with pytest.raises(ValueError, match="width"):
-        NoiseWindow(1, (0,), "downscaling", 0, 0, 0)
+        NoiseWindow(1, (0,), "downscaling", Origin(0, 0, 0))

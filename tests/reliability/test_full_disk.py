@@ -11,7 +11,7 @@ import pytest
 from faultkit import FAST, cli, coarse, one_line, snapshot, spawn, temps
 
 from precipfast.errors import OutputError
-from precipfast.runtime.files import writer as output
+from precipfast.runtime.files import atomic
 from precipfast.runtime.files.writer import write_output
 
 ATTRS = {"model_name": "t", "model_sha256": "ab" * 32, "steps": 2, "seed": 0, "backend": "torch",
@@ -27,7 +27,7 @@ def _fail_writes(code):
 def test_injected_enospc_through_the_cli(work, tiny_bundle, monkeypatch):
     (work / "out.h5").write_bytes(b"an earlier, good output")
     before = snapshot(work)
-    monkeypatch.setattr(output, "_write_all", _fail_writes(errno.ENOSPC))
+    monkeypatch.setattr(atomic, "_write_all", _fail_writes(errno.ENOSPC))
     res = cli("sample", work / "in.h5", "-o", work / "out.h5", "--model", tiny_bundle, "--overwrite",
               "--backend", "torch", *FAST)
     one_line(res, 1, f"no space left writing '{work / 'out.h5'}' (No space left on device); free space or "
@@ -39,7 +39,7 @@ def test_injected_enospc_through_the_cli(work, tiny_bundle, monkeypatch):
 def test_injected_space_errors_in_the_writer(tmp_path, monkeypatch, code):
     (tmp_path / "o.h5").write_bytes(b"keep me")
     before = snapshot(tmp_path)
-    monkeypatch.setattr(output, "_write_all", _fail_writes(code))
+    monkeypatch.setattr(atomic, "_write_all", _fail_writes(code))
     lat, lon = 40 - 0.01 * np.arange(64), -100 + 0.01 * np.arange(64)
     with pytest.raises(OutputError, match=rf"^no space left writing .*\({os.strerror(code)}\); free space"):
         write_output(tmp_path / "o.h5", {"precip": np.ones((2, 64, 64), np.float32)}, lat=lat, lon=lon,

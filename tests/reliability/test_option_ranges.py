@@ -79,13 +79,13 @@ PAIR_BEYOND = [
 ]
 
 TRAIN_BEYOND = [
-    ("--steps", "0", "--steps must be an integer in [1, 1000000000]"),
+    ("--iterations", "0", "--iterations must be an integer in [1, 1000000000]"),
     ("--batch-size", "0", "--batch-size must be an integer in [1, 65536]"),
-    ("--lr", "0", "--lr must be a finite number > 0"),
-    ("--lr", "nan", "--lr must be a finite number > 0"),
-    ("--lr", "inf", "--lr must be a finite number > 0"),
-    ("--warmup-steps", "-1", "--warmup-steps must be an integer in [0, 1000000000]"),
-    ("--ema-halflife-steps", "0", "--ema-halflife-steps must be a finite number > 0"),
+    ("--learning-rate", "0", "--learning-rate must be a finite number > 0"),
+    ("--learning-rate", "nan", "--learning-rate must be a finite number > 0"),
+    ("--learning-rate", "inf", "--learning-rate must be a finite number > 0"),
+    ("--warmup-iterations", "-1", "--warmup-iterations must be an integer in [0, 1000000000]"),
+    ("--ema-halflife-iterations", "0", "--ema-halflife-iterations must be a finite number > 0"),
     ("--model-channels", "6", "--model-channels (unet.model_channels) must be a positive multiple of 4"),
     ("--channel-mult", "1,0", "--channel-mult (unet.channel_mult) must be a non-empty list of ints in [1, 64]"),
     ("--channel-mult", "x", "--channel-mult must be a comma list of int values"),
@@ -97,8 +97,6 @@ TRAIN_BEYOND = [
     ("--checkpoint-every", "0", "--checkpoint-every must be an integer in [1, 1000000000]"),
     ("--seed", "-1", "--seed must be an integer in [0, 9223372036854775807]"),
     ("--threads", "-1", "--threads must be an integer in [0, 4096]"),
-    ("--sigma-data", "-1", "--sigma-data (edm.sigma_data) must be a finite number > 0"),
-    ("--sigma-data", "abc", "--sigma-data must be a comma list of float values"),
     ("--device", "tpu", "--device must be auto, cpu, cuda or cuda:N"),
 ]
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from faultkit import FAST, cli, coarse, snapshot, spawn, temps, wait_for_temp
 
-from precipfast.runtime.files import writer as output
+from precipfast.runtime.files import atomic
 
 SLOW = ["--members", "4", "--steps", "12", "--backend", "torch", "--device", "cpu"]
 
@@ -61,7 +61,7 @@ def test_sigkill_leftover_is_swept_by_the_next_run_and_nothing_else(busy, tiny_b
     proc.wait(timeout=60)
     (stale,) = temps(busy)
     assert f"-{proc.pid}-" in stale and stale.startswith(".out.h5.precipfast-")
-    host = output._HOST
+    host = atomic._HOST
     keep = [f".out.h5.precipfast-{host}-1-abcdef.tmp",              # pid 1 is alive: a running job
             f".out.h5.precipfast-{host}x-{proc.pid}-abcdef.tmp",    # another host (shared file system)
             ".out.h5.abcdef.tmp", "notes.tmp"]                     # not precipfast's names

@@ -1,11 +1,13 @@
 """Training loop: loss goes down on a fixed batch, checkpoints round-trip, resume is exact."""
+import json
+
 import pytest
 import torch
 
-from precipfast.config import DataConfig, EDMConfig, SamplerConfig, TrainConfig, UNetConfig
+from precipfast.config import RENAMED, DataConfig, EDMConfig, SamplerConfig, TrainConfig, UNetConfig, from_dict
 from precipfast.denoiser import build_denoiser
-from precipfast.train.checkpoint import load_checkpoint
-from precipfast.train.loop import lr_at, train
+from precipfast.train.checkpoint import load_checkpoint, read_config
+from precipfast.train.loop import learning_rate_at, train
 from precipfast.train.loss import batch_loss
 
 TINY = UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(1,), channels_per_head=8)
@@ -48,8 +50,8 @@ def test_loss_decreases_on_fixed_batch():
     assert after < 0.7 * before, (before, after)
 
 
-def _cfgs(steps):
-    return (TrainConfig(stage="downscaling", steps=steps, batch_size=2, warmup_steps=2, val_every=3,
+def _cfgs(iterations):
+    return (TrainConfig(stage="downscaling", iterations=iterations, batch_size=2, warmup_iterations=2, val_every=3,
                         checkpoint_every=3, val_members=2, val_steps=3, seed=5),
             DataConfig(), TINY, EDMConfig(sigma_data=0.3), SamplerConfig())
 
@@ -65,7 +67,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     assert torch.equal(den(x, torch.ones(1), c), den2(x, torch.ones(1), c))
     assert saved["unet"]["model_channels"] == 8
 
-    # 3 steps, stop, resume to 6: identical weights to the uninterrupted run.
+    # 3 iterations, stop, resume to 6: identical weights to the uninterrupted run.
     train(*_cfgs(3), data, data, tmp_path / "b", device="cpu", progress=False)
     tc, *rest = _cfgs(6)
     train(tc, *rest, data, data, tmp_path / "b", device="cpu", progress=False, resume=True)
@@ -73,6 +75,21 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     b, _ = load_checkpoint(tmp_path / "b", which="model")
     for (k, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_a_checkpoint_written_before_the_rename_loads_and_resumes(tmp_path):
+    """config.json with TrainConfig's old keys (steps, lr, warmup_steps, ema_halflife_steps), as the shipped
+    checkpoints had them: read as the new ones, and resumed."""
+    data = FixedBatch()
+    train(*_cfgs(3), data, data, tmp_path, device="cpu", progress=False)
+    path, old_name = tmp_path / "config.json", {new: old for old, new in RENAMED[TrainConfig].items()}
+    cfg = json.loads(path.read_text())
+    cfg["train"] = {old_name.get(k, k): v for k, v in cfg["train"].items()}
+    path.write_text(json.dumps(cfg))
+    assert {"steps", "lr"} <= set(read_config(tmp_path)["train"])
+    assert from_dict(TrainConfig, read_config(tmp_path)["train"]) == _cfgs(3)[0]
+    done = train(*_cfgs(6), data, data, tmp_path, device="cpu", progress=False, resume=True)
+    assert done["step"] == 6 and read_config(tmp_path)["train"]["iterations"] == 6
 
 
 def test_refuses_to_overwrite_without_resume(tmp_path):
@@ -83,11 +100,11 @@ def test_refuses_to_overwrite_without_resume(tmp_path):
 
 
 def test_warmup_then_decay():
-    tc = TrainConfig(steps=100, warmup_steps=10, lr=1.0)
-    assert lr_at(0, tc) == pytest.approx(0.1)
-    assert lr_at(9, tc) == pytest.approx(1.0)
-    assert lr_at(99, tc) == pytest.approx(0.1, abs=0.01)
-    assert all(lr_at(s, tc) >= lr_at(s + 1, tc) for s in range(10, 99))
+    tc = TrainConfig(iterations=100, warmup_iterations=10, learning_rate=1.0)
+    assert learning_rate_at(0, tc) == pytest.approx(0.1)
+    assert learning_rate_at(9, tc) == pytest.approx(1.0)
+    assert learning_rate_at(99, tc) == pytest.approx(0.1, abs=0.01)
+    assert all(learning_rate_at(i, tc) >= learning_rate_at(i + 1, tc) for i in range(10, 99))
 
 
 def test_frozen_mean_is_never_trained(tmp_path):
@@ -164,7 +181,7 @@ def test_init_weights_are_trained_from(tmp_path):
     den, _ = load_checkpoint(tmp_path / "c", "model")
     moved = [k for k, v in den.net.state_dict().items() if not torch.equal(v, init[f"net.{k}"])]
     assert moved and all(den.net.state_dict()[k].shape == init[f"net.{k}"].shape for k in moved)
-    # every weight moved by at most what 3 AdamW steps can do from its start, so it started there
+    # every weight moved by at most what 3 AdamW iterations can do from its start, so it started there
     for k, v in den.net.state_dict().items():
         assert float((v - init[f"net.{k}"]).abs().max()) < 0.05, k
     with pytest.raises(ValueError, match="initial weights"):

@@ -60,7 +60,7 @@ def test_perfect_ensemble_scores_crps_0_fss_1_and_spectra_ratio_1(tmp_path):
     r = verify(ens, tr)
     s = r["scores"]["ensemble"]
     assert r["n_pixels"] == 2 * 60 * 80 - 35 and r["times"] == [T0, T0 + 1800]
-    assert s["crps"] == 0 and s["mae"] == 0 and s["rmse"] == 0 and s["bias"] == 0
+    assert s["fair_crps"] == 0 and s["mae"] == 0 and s["rmse"] == 0 and s["bias"] == 0
     assert s["bias_ratio"] == pytest.approx(1.0) and s["corr"] == pytest.approx(1.0)
     assert all(v == pytest.approx(1.0) for per_thr in s["fss"].values() for v in per_thr.values())
     assert s["psd_ratio_2_50km"] == pytest.approx(1.0) and s["psd_ratio_2_20km"] == pytest.approx(1.0)
@@ -80,8 +80,8 @@ def test_identical_members_give_crps_equal_to_mae_and_the_nearest_baselines_scor
     r = verify(ens, tr)
     s, near = r["scores"]["ensemble"], r["scores"]["nearest"]
     mae = float(np.abs(field.astype(np.float64) - truth).mean())
-    assert s["crps"] == pytest.approx(mae, rel=1e-9) and s["mae"] == pytest.approx(mae, rel=1e-9)
-    assert near["crps"] == pytest.approx(mae, rel=1e-9) and near["rmse"] == pytest.approx(s["rmse"], rel=1e-9)
+    assert s["fair_crps"] == pytest.approx(mae, rel=1e-9) and s["mae"] == pytest.approx(mae, rel=1e-9)
+    assert near["fair_crps"] == pytest.approx(mae, rel=1e-9) and near["rmse"] == pytest.approx(s["rmse"], rel=1e-9)
     for thr, per_scale in s["fss"].items():  # ensemble fractions of identical members = the field's
         assert per_scale == pytest.approx(near["fss"][thr], abs=1e-12)
     assert s["fss"]["1mm_h"]["1km"] < s["fss"]["1mm_h"]["25km"] < 1.0 and s["fss"]["5mm_h"]["5km"] == 0.0
@@ -168,7 +168,7 @@ def test_a_larger_truth_is_cropped_to_the_ensemble(tmp_path):
     ens = write_output(tmp_path / "e.h5", {"precip": members}, lat=lat, lon=lon, lat_lr=lat_lr, lon_lr=lon_lr,
                        times=[T0], attrs=attrs)
     r = verify(ens, tr)
-    assert r["scores"]["ensemble"]["crps"] == 0 and r["n_pixels"] == 4800  # the 50 mm/h frame is cut away
+    assert r["scores"]["ensemble"]["fair_crps"] == 0 and r["n_pixels"] == 4800  # the 50 mm/h frame is cut away
 
 
 def test_times_matched_by_timestamp_and_clear_errors_when_they_differ(tmp_path):
@@ -189,7 +189,7 @@ def test_times_matched_by_timestamp_and_clear_errors_when_they_differ(tmp_path):
     # only the second time is in the truth: it alone is verified, and the result says so
     tr3 = write_precipfast_input(sub / "truth2.h5", truth[1:] * 0 + truth[1:], *_grid()[2:], times=[T0 + 1800])
     r = verify(ens2, tr3)
-    assert r["times"] == [T0 + 1800] and r["scores"]["ensemble"]["crps"] == 0
+    assert r["times"] == [T0 + 1800] and r["scores"]["ensemble"]["fair_crps"] == 0
     assert any("not in truth" in n for n in r["notes"])
     assert verify(ens2, tr3, times=[1])["times"] == [T0 + 1800]
     with pytest.raises(InputFormatError, match="out of range"):
@@ -240,15 +240,16 @@ def test_run_writes_strict_json_and_a_png_and_the_table_shows_the_numbers(tmp_pa
     ens, tr, _ = _case(tmp_path, truth, members)
     r = run(ens, tr, json_path=tmp_path / "v.json", plots_dir=tmp_path / "plots")
     saved = json.loads((tmp_path / "v.json").read_text())  # strict JSON: NaN would not parse back as null
-    assert "maps" not in saved and saved["scores"]["ensemble"]["crps"] == pytest.approx(r["scores"]["ensemble"]["crps"])
+    assert "maps" not in saved
+    assert saved["scores"]["ensemble"]["fair_crps"] == pytest.approx(r["scores"]["ensemble"]["fair_crps"])
     assert set(saved["scores"]) == {"ensemble", *BASELINES}
     assert "spread_skill" not in saved["scores"]["bilinear"]  # a point forecast has no spread
     png = tmp_path / "plots" / "verification.png"
     assert png.is_file() and png.stat().st_size > 50_000 and png.read_bytes()[:4] == b"\x89PNG"
     table = format_table(r)
-    crps_row = next(line for line in table.splitlines() if line.startswith("CRPS"))
+    crps_row = next(line for line in table.splitlines() if line.startswith("fair CRPS"))
     cells = crps_row.split()[-4:]
-    assert float(cells[0]) == pytest.approx(r["scores"]["ensemble"]["crps"], abs=1e-3)
+    assert float(cells[0]) == pytest.approx(r["scores"]["ensemble"]["fair_crps"], abs=1e-3)
     assert float(cells[1]) == pytest.approx(r["scores"]["bilinear"]["mae"], abs=1e-3)
     assert "FSS >= 10 mm/h, 25 km" in table and "rank histogram (6 bins)" in table
     assert format_table(saved).splitlines()[4:] == table.splitlines()[4:]  # tables from the JSON too
@@ -282,14 +283,14 @@ def test_real_radar_frame_with_a_perturbed_ensemble(tmp_path, shared_data):
     s, bil, pool = (saved["scores"][k] for k in ("ensemble", "bilinear", "bilinear_truth_meanpool"))
     assert saved["n_pixels"] == 40000 and saved["times_iso"] == ["2019-06-10T00:00:00Z"]
     # truth x noise beats interpolation clearly: CRPS well under either bilinear's MAE
-    assert s["crps"] < 0.5 * min(bil["mae"], pool["mae"])
+    assert s["fair_crps"] < 0.5 * min(bil["mae"], pool["mae"])
     assert s["bias_ratio"] == pytest.approx(1.0, abs=0.02) and s["corr"] > 0.85
     # multiplicative noise adds small-scale power; interpolation has almost none at 2-20 km
     assert s["psd_ratio_2_20km"] > 1.0 and bil["psd_ratio_2_20km"] < 0.1
     # the max-pooled input is biased high; the mean-pooled truth is not
     assert bil["bias_ratio"] > 1.5 and pool["bias_ratio"] == pytest.approx(1.0, abs=0.02)
     assert all(s["fss"]["1mm_h"][k] > bil["fss"]["1mm_h"][k] for k in ("1km", "5km"))
-    assert "CRPS fair" in format_table(r) and math.isfinite(s["spread_skill"])
+    assert "fair CRPS" in format_table(r) and math.isfinite(s["spread_skill"])
 
 
 def test_south_up_ensemble_without_coarse_grid_or_times_is_read_north_up(tmp_path):
@@ -308,7 +309,7 @@ def test_south_up_ensemble_without_coarse_grid_or_times_is_read_north_up(tmp_pat
     assert r["times"] == [0, 1] and r["times_iso"] is None and r["scale_factor"] == F
     assert s["bias"] == pytest.approx(0.5, rel=1e-6) and s["corr"] == pytest.approx(1.0)
     # members truth and truth + 1: fair CRPS = mean |x - y| - |x1 - x2| / (E (E - 1)) * 1 = 0.5 - 0.5 = 0
-    assert s["crps"] == pytest.approx(0.0, abs=1e-6)
+    assert s["fair_crps"] == pytest.approx(0.0, abs=1e-6)
     assert list(r["scores"]) == ["ensemble", "bilinear_truth_meanpool"]
     assert any("no coarse input" in n for n in r["notes"]) and any("by position" in n for n in r["notes"])
     pooled = upsample(torch.from_numpy(coarsen(truth, F, "mean"))[:, None].double(), F, "bilinear")[:, 0].numpy()
@@ -347,7 +348,7 @@ def test_the_evaluate_command_prints_the_table_writes_json_and_fails_in_one_line
     assert res.exit_code == 0, res.output
     scores = json.loads((tmp_path / "v.json").read_text())["scores"]
     assert scores["ensemble"]["bias_ratio"] == pytest.approx(1.0, abs=1e-4)
-    assert f"{scores['ensemble']['crps']:.3f}" in res.output and "bilinear" in res.output
+    assert f"{scores['ensemble']['fair_crps']:.3f}" in res.output and "bilinear" in res.output
     assert (tmp_path / "verification.png").stat().st_size > 10_000
     far = tmp_path / "far"
     far.mkdir()

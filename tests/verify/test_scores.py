@@ -1,12 +1,31 @@
 """Verification scores against closed forms."""
 import math
 
+import numpy as np
+import pytest
 import torch
 
-from precipfast.verify.scores import crps_ensemble, spread_skill
+from precipfast.verify.baselines import bilinear, bilinear_meanpool, nearest
+from precipfast.verify.scores import (
+    bias,
+    box_sum,
+    dry_share,
+    fair_crps,
+    fss,
+    fss_terms,
+    neighbourhood_mean,
+    peak_ratio,
+    plain_crps,
+    psd_band_ratio,
+    rank_histogram,
+    rank_histogram_flatness,
+    ratio_of_sums,
+    spread_skill,
+    spread_skill_from_moments,
+)
 
 
-def _crps_bruteforce(x, y, fair=False):
+def _crps_bruteforce(x, y, fair):
     e = len(x)
     skill = sum(abs(xi - y) for xi in x) / e
     pair = sum(abs(a - b) for a in x for b in x)
@@ -16,21 +35,39 @@ def _crps_bruteforce(x, y, fair=False):
 def test_crps_matches_definition():
     g = torch.Generator().manual_seed(0)
     members, truth = torch.randn(7, 5, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
-    got, got_fair = crps_ensemble(members, truth), crps_ensemble(members, truth, fair=True)
+    got_plain, got_fair = plain_crps(members, truth), fair_crps(members, truth)
     for i in range(5):
         for j in range(3):
             x = members[:, i, j].tolist()
-            assert math.isclose(float(got[i, j]), _crps_bruteforce(x, float(truth[i, j])), rel_tol=1e-12)
+            assert math.isclose(float(got_plain[i, j]), _crps_bruteforce(x, float(truth[i, j]), False), rel_tol=1e-12)
             assert math.isclose(float(got_fair[i, j]), _crps_bruteforce(x, float(truth[i, j]), True), rel_tol=1e-12)
+    # the two differ by the spread term's normaliser only: fair - plain = (1/(2E^2) - 1/(2E(E-1))) sum|x_k - x_l|
+    pairs = (members[:, None] - members[None]).abs().sum((0, 1))
+    torch.testing.assert_close(got_fair - got_plain, pairs * (1 / 98 - 1 / 84))
 
 
 def test_crps_of_point_forecast_is_mae_and_of_gaussian_is_closed_form():
     y = torch.tensor([0.3, -1.0], dtype=torch.float64)
-    assert torch.allclose(crps_ensemble(torch.full((4, 2), 1.0, dtype=torch.float64), y), (1.0 - y).abs())
+    for crps in (plain_crps, fair_crps):
+        assert torch.allclose(crps(torch.full((4, 2), 1.0, dtype=torch.float64), y), (1.0 - y).abs())
+    # one member has no pair: the fair CRPS is the point forecast's absolute error
+    one = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    assert torch.equal(fair_crps(one, y), (one[0] - y).abs())
     # N(0, 1) forecast of y = 0: CRPS = 2 phi(0) - 1/sqrt(pi) = (sqrt 2 - 1)/sqrt pi (Gneiting & Raftery 2007).
     x = torch.randn(20000, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     exact = (math.sqrt(2) - 1) / math.sqrt(math.pi)
-    assert abs(float(crps_ensemble(x, torch.zeros(1, dtype=torch.float64), fair=True)) - exact) < 0.01
+    assert abs(float(fair_crps(x, torch.zeros(1, dtype=torch.float64))) - exact) < 0.01
+
+
+def test_fair_crps_is_unbiased_where_the_plain_one_is_biased_high():
+    """Ferro (2014): over many draws of a 4-member ensemble from the truth's own distribution, the fair CRPS
+    averages the distribution's CRPS; the plain one exceeds it by E|X - X'|/(2E) = (2/sqrt(pi))/8."""
+    g = torch.Generator().manual_seed(3)
+    members = torch.randn(4, 400_000, generator=g, dtype=torch.float64)
+    truth = torch.randn(400_000, generator=g, dtype=torch.float64)
+    exact = 1 / math.sqrt(math.pi)     # E CRPS(N(0, 1), Y) for Y ~ N(0, 1): E|X - Y| - E|X - X'|/2
+    assert float(fair_crps(members, truth).mean()) == pytest.approx(exact, abs=0.01)
+    assert float(plain_crps(members, truth).mean()) == pytest.approx(exact + 2 / math.sqrt(math.pi) / 8, abs=0.01)
 
 
 def test_spread_skill_is_one_for_a_calibrated_ensemble():
@@ -40,19 +77,45 @@ def test_spread_skill_is_one_for_a_calibrated_ensemble():
     assert abs(spread_skill(members, truth) - 1.0) < 0.03
 
 
-# ---------------------------------------------------------------------------- bias, rank histogram, FSS
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+def test_spread_skill_is_the_same_score_from_pooled_moments():
+    """evaluate's tile-by-tile accumulator and spread_skill are one formula, with the (E+1)/E correction."""
+    g = torch.Generator().manual_seed(4)
+    members, truth = torch.rand(5, 30, 20, generator=g, dtype=torch.float64), torch.rand(30, 20, generator=g,
+                                                                                       dtype=torch.float64)
+    var, mse = float(members.var(dim=0).mean()), float(((members.mean(0) - truth) ** 2).mean())
+    assert spread_skill(members, truth) == pytest.approx(math.sqrt(var * 6 / 5 / mse), rel=1e-12)
+    assert spread_skill(members, truth) == pytest.approx(spread_skill_from_moments(var, mse, 5), rel=1e-12)
+    assert math.isnan(spread_skill_from_moments(0.5, 0.0, 5))      # an exact mean: the ratio is undefined
 
-from precipfast.verify.scores import (  # noqa: E402
-    bias,
-    fss,
-    fss_terms,
-    neighbourhood_mean,
-    psd_band_ratio,
-    rank_histogram,
-    rank_histogram_flatness,
-)
+
+def test_pooled_ratios_and_peaks():
+    assert ratio_of_sums([1.0, 9.0], [4.0, 1.0]) == 2.0            # sums over sums, not (0.25 + 9) / 2
+    assert peak_ratio(30.0, 20.0) == 1.5 and peak_ratio(1e-3, 0.0) == pytest.approx(1e3)
+
+
+def test_dry_share_pools_stacked_fields():
+    field, mask = np.array([[0.0, 0.05, 2.0], [0.1, 3.0, 0.0]]), np.array([[True, True, True], [True, False, False]])
+    assert dry_share(field, mask) == (50.0, 4)                      # 0.0 and 0.05 dry; 0.1 is not
+    assert dry_share(field[None].repeat(3, 0), mask[None].repeat(3, 0)) == (50.0, 12)
+    share, n = dry_share(field, np.zeros_like(mask))
+    assert n == 0 and math.isnan(share)
+
+
+# ---------------------------------------------------------------------------- baselines (verify/baselines.py)
+def test_baselines_upsample_coarse_fields_of_any_leading_shape():
+    lr = torch.tensor([[0.0, 4.0], [8.0, 0.0]])
+    near = nearest(lr, 2)
+    assert torch.equal(near, lr.repeat_interleave(2, 0).repeat_interleave(2, 1))
+    bil = bilinear(lr[None].expand(3, 2, 2).numpy(), 2)           # numpy in, torch out, leading axes kept
+    assert bil.shape == (3, 4, 4) and float(bil.min()) >= 0 and torch.equal(bil[0], bil[2])
+    assert float(bil[0, 0, 0]) == 0.0 and float(bil[0, 1, 1]) == pytest.approx(0.5625 * 0 + 0.1875 * 4 + 0.1875 * 8)
+    assert bilinear(torch.tensor([[-1.0, 1.0]]), 2).min() == 0     # clipped at 0 mm/h
+    truth = torch.rand(2, 6, 8, generator=torch.Generator().manual_seed(0))
+    pooled = truth.reshape(2, 3, 2, 4, 2).mean((2, 4))
+    assert torch.equal(bilinear_meanpool(truth, 2), bilinear(pooled, 2))
+
+
+# ---------------------------------------------------------------------------- bias, rank histogram, FSS
 
 
 def test_bias_is_mean_difference_and_ratio_of_means_over_finite_pixels():
@@ -131,7 +194,6 @@ def test_psd_band_ratio_median_option_keeps_the_default():
 
 
 def test_neighbourhood_mean_with_a_shared_count_equals_the_plain_one():
-    from precipfast.verify.scores import box_sum
     g = np.random.default_rng(6)
     f, valid = g.random((30, 17)), g.random((30, 17)) > 0.2
     count = box_sum(valid, 7)

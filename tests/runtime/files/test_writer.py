@@ -1,4 +1,5 @@
-"""Output file (runtime/files/writer.py): schema and xarray round trip, statistics, streaming, atomicity, path checks."""
+"""Output file (runtime/files/writer.py, its plumbing in runtime/files/atomic.py): schema and xarray round trip,
+statistics, streaming, atomicity, path checks."""
 import os
 
 import h5py
@@ -7,8 +8,10 @@ import pytest
 
 from precipfast._version import __version__
 from precipfast.errors import OutputError
+from precipfast.runtime.files import atomic
 from precipfast.runtime.files import writer as output
-from precipfast.runtime.files.writer import OutputWriter, check_output_path, ensemble_stats, write_output
+from precipfast.runtime.files.atomic import check_output_path
+from precipfast.runtime.files.writer import OutputWriter, ensemble_stats, write_output
 
 xr = pytest.importorskip("xarray")
 pytest.importorskip("h5netcdf")
@@ -170,14 +173,14 @@ def test_no_times_gives_a_step_index(tmp_path):
 
 def test_unwritable_directory_detected_even_as_root(tmp_path, monkeypatch):
     # Root ignores chmod, so prove both checks by making them fail: os.access, then the real write probe.
-    monkeypatch.setattr(output.os, "access", lambda *a, **k: False)
+    monkeypatch.setattr(atomic.os, "access", lambda *a, **k: False)
     with pytest.raises(OutputError, match=r"output directory '.*' is not writable$"):
         check_output_path(tmp_path / "o.h5")
     monkeypatch.undo()
 
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(output, "_create_temp", refuse)
+    monkeypatch.setattr(atomic, "create_temp", refuse)
     with pytest.raises(OutputError, match=r"is not writable \(Permission denied\)"):
         check_output_path(tmp_path / "o.h5")
     assert _dir_names(tmp_path) == []

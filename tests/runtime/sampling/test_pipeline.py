@@ -76,7 +76,7 @@ def test_shipped_correction_is_tiled_at_its_training_crop(shipped_bundle):
     from precipfast.runtime.engines.bundle import open_bundle
     assert open_bundle(shipped_bundle).tiling("correction") == (32, 8)
     assert open_bundle(shipped_bundle).tiling("downscaling") is None
-    # the downscaling's starting noise is truncated (MODEL_CARD.md: isolated spikes); the correction's is not
+    # the downscaling's starting noise is truncated (docs/experiments.md: isolated spikes); the correction's is not
     assert open_bundle(shipped_bundle).sampler("downscaling").noise_clip == 2.5
     assert open_bundle(shipped_bundle).sampler("correction").noise_clip == float("inf")
 
