@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from precipfast._version import __version__
+from precipfast.choices import check_device_name
 from precipfast.config import KINDS, RENAMED, STAGES, DataConfig, SamplerConfig, TrainConfig, UNetConfig
 from precipfast.errors import PrecipfastError
 from precipfast.options import (
@@ -26,7 +27,6 @@ from precipfast.options import (
     fmt_number,
     parse_list,
 )
-from precipfast.runtime.engines.choices import check_device_name
 from precipfast.train.recipe_configs import CORRECTION_KIND, DESIGNS, configs
 
 

@@ -16,9 +16,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from precipfast.choices import check_backend_name, check_bbox, check_device_name, check_precision
 from precipfast.config import DEFAULT_OVERLAP, DEFAULT_TILE, STAGES
-from precipfast.runtime.engines.choices import check_backend_name, check_device_name, check_precision
-from precipfast.runtime.files.latlon import check_bbox
 
 SEED_MAX = 2 ** 32 - 1   # time slice t samples with seed + t * 2^32 (precipfast/noise.py): seeds fill the low word
 

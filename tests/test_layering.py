@@ -15,14 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"precipfast": "precipfast", "kernels": "precipfast.kernels", "runtime": "precipfast.runtime",
            "verify": "precipfast.verify", "train": "precipfast.train", "export": "precipfast.export",
            "benchmarks": "precipfast.benchmarks", "experiments": "experiments"}
-CORE = ("precipfast._version", "precipfast.errors", "precipfast.config", "precipfast.edm", "precipfast.unet",
-        "precipfast.denoiser", "precipfast.transform", "precipfast.grid", "precipfast.noise")
+CORE = ("precipfast._version", "precipfast.errors", "precipfast.config", "precipfast.choices", "precipfast.edm",
+        "precipfast.unet", "precipfast.denoiser", "precipfast.transform", "precipfast.grid", "precipfast.noise")
 LAYERS = (
     ("core", CORE),                                        # the spec: what a model and its noise are
+    ("options", ("precipfast.options",)),                  # one settings object per command
     ("kernels", ("precipfast.kernels",)),                  # the sampler's step, fused
     ("files", ("precipfast.runtime.files",)),              # reading inputs, writing outputs
     ("engines", ("precipfast.runtime.engines",)),          # bundles and the engines that run them
-    ("options", ("precipfast.options",)),                  # one settings object per command
     ("sampling", ("precipfast.runtime.sampling",)),        # the ensemble sampler
     ("verify", ("precipfast.verify",)),                    # every score
     ("train", ("precipfast.train",)),                      # making models

@@ -5,7 +5,7 @@ sigma (B,), cond (B, Cc, H, W), all float32, on the backend's device. Names map 
 `BACKENDS`; a name that cannot run here raises `BackendUnavailableError` with the reason, never a silent
 fallback to another backend.
 
-`resolve_auto(device)` picks, in order (runtime/engines/choices.py AUTO_ORDER):
+`resolve_auto(device)` picks, in order (precipfast/choices.py AUTO_ORDER):
   cuda: tensorrt > onnxruntime (TensorRT or CUDA execution provider) > torch
   cpu:  onnxruntime > torch   (ONNX Runtime's MLAS convolutions and graph fusions beat eager per-op
                                dispatch on the CPU: benchmarks/RESULTS.md)
@@ -17,9 +17,9 @@ from typing import Callable
 
 import torch
 
+from precipfast.choices import AUTO_ORDER, BACKEND_NAMES, check_backend_name
 from precipfast.errors import BackendUnavailableError
 from precipfast.runtime.engines.bundle import load_denoiser, open_bundle
-from precipfast.runtime.engines.choices import AUTO_ORDER, BACKEND_NAMES, check_backend_name
 from precipfast.runtime.engines.engine import Backend, BackendOptions, cache_dir
 from precipfast.runtime.engines.onnxruntime_backend import OnnxRuntimeBackend
 from precipfast.runtime.engines.tensorrt import EngineProfile, TensorRTBackend, load_or_build_engine
@@ -86,7 +86,7 @@ BACKENDS: dict[str, BackendEntry] = {
     "onnxruntime": BackendEntry(_make_onnxruntime, _probe_onnxruntime),
     "tensorrt": BackendEntry(_make_tensorrt, _probe_tensorrt),
 }
-assert tuple(BACKENDS) == BACKEND_NAMES, "runtime/engines/choices.py names the registry's rows"
+assert tuple(BACKENDS) == BACKEND_NAMES, "precipfast/choices.py names the registry's rows"
 
 
 def _device_type(device) -> str:

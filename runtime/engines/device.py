@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from precipfast.runtime.engines.choices import check_device_name
+from precipfast.choices import check_device_name
 
 
 def resolve_device(name) -> torch.device:

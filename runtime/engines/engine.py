@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from precipfast.runtime.engines.choices import check_precision
+from precipfast.choices import check_precision
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from precipfast.runtime.engines.choices import check_precision
+from precipfast.choices import check_precision
 from precipfast.runtime.engines.cuda_graphs import GraphedDenoiser
 from precipfast.runtime.engines.engine import Backend
 

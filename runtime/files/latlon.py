@@ -8,27 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from precipfast.errors import InputFormatError
-
 SPACING_RTOL = 1e-3   # allowed deviation of one coordinate step from the mean step, in pixels
 SQUARE_RTOL = 1e-2    # lat and lon steps must agree to 1 % (the model's pixels are square)
 BBOX_EPS_DEG = 1e-5   # float32 coordinates carry ~1e-5 deg of rounding; a centre on the edge is inside
-
-
-def check_bbox(bbox):
-    """(south, north, west, east) as floats, or None; refuses malformed boxes."""
-    if bbox is None:
-        return None
-    try:
-        s, n, w, e = (float(v) for v in bbox)
-    except (TypeError, ValueError):
-        raise InputFormatError(f"bbox must be 4 numbers (south, north, west, east) in degrees, got {bbox!r}") from None
-    if not (-90 <= s < n <= 90):
-        raise InputFormatError(f"bbox south {s:g} must be < north {n:g}, both within [-90, 90] degrees")
-    if not (-180 <= w < e <= 180):
-        raise InputFormatError(f"bbox west {w:g} must be < east {e:g}, both within [-180, 180] degrees "
-                               f"(boxes across the antimeridian are not supported)")
-    return s, n, w, e
 
 
 def lat_order(lat, fail):

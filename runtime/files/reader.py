@@ -37,10 +37,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from precipfast.choices import check_bbox
 from precipfast.errors import InputFormatError
 from precipfast.runtime.files import cf
 from precipfast.runtime.files.digest import sha256_file
-from precipfast.runtime.files.latlon import check_bbox, crop, lat_order, lon_order, pixel_deg
+from precipfast.runtime.files.latlon import crop, lat_order, lon_order, pixel_deg
 from precipfast.runtime.files.rates import rate_problem
 
 MAX_SLICE_PIXELS = 2 * 1800 * 3600   # twice a global 0.1 deg grid: no coarse input is larger

@@ -5,13 +5,13 @@ import importlib.util
 import pytest
 import torch
 
+from precipfast.choices import UnknownBackendError
 from precipfast.config import EDMConfig, SamplerConfig, UNetConfig, to_dict
 from precipfast.denoiser import build_denoiser
 from precipfast.errors import BackendUnavailableError, PrecipfastError
 from precipfast.export.bundle import write_bundle
 from precipfast.runtime.engines import backends as B
 from precipfast.runtime.engines.bundle import open_bundle
-from precipfast.runtime.engines.choices import UnknownBackendError
 from precipfast.runtime.engines.parity import PARITY_TOL_REL
 
 OPTS = B.BackendOptions(max_batch=8, tile=128, threads=1)
