@@ -1,5 +1,5 @@
 """Member noise on the device: Philox4x32-10 and Box-Muller inside a Triton kernel, bit for bit the
-layout of `precipfast/noise.py` (Salmon et al. 2011; the layout and its C twin are documented there).
+layout of `precipfast/noise.py` (Salmon et al. 2011; the layout and its scalar reference are documented there).
 
 Used by the sampler for the initial noise x_0 = t_0 eps (Karras et al. 2022, Algorithm 2, line 1) and
 for churn, x_hat = x + sqrt(t_hat^2 - t^2) S_noise eps (lines 5-6), so no noise crosses from the host.

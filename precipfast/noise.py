@@ -25,7 +25,7 @@ hundred million, never more than 1 float32 ulp. The 52-bit uniforms bound |z| by
 sqrt(2 * 53 * ln 2) = 8.57, i.e. the tail is exact to probability ~1e-17.
 
 `philox4x32_reference` and `normal_reference` are the plain scalar twins (Python ints and `math`),
-the spec for the C port; the vectorised functions are tested against them.
+the spec a port to another language follows; the vectorised functions are tested against them.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ STAGE_IDS = {"correction": 0, "downscaling": 1}
 PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57  # round multipliers
 PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85  # Weyl key increments (golden ratio, sqrt(3) - 1)
 _MASK32 = 0xFFFFFFFF
-_TWO_PI = 6.283185307179586  # float64 nearest to 2pi, written out so the C port uses the same double
+_TWO_PI = 6.283185307179586  # float64 nearest to 2pi, written out so a port uses the same double
 _CHUNK_PAIRS = 1 << 16  # Philox blocks per vectorised chunk: ~10 live int64 buffers stay in L2
 
 

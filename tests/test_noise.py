@@ -20,7 +20,7 @@ KAT = [
      (0x4DFCCABA, 0x190A87F0, 0xC47362BA, 0xB6B5242A)),
 ]
 
-# Golden values that pin the documented counter layout and Box-Muller convention; the C port must
+# Golden values that pin the documented counter layout and Box-Muller convention; a port to another language must
 # reproduce them. (seed, member, stage, step, pixel) -> z (float64). Produced with the scalar reference,
 # `python -c "from precipfast.runtime import noise; print(repr(noise.normal_reference(*args)))"` (Python
 # ints and `math` only, no torch), at commit 818d7bb, and re-checked when this comment was written. The
