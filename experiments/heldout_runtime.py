@@ -4,7 +4,7 @@ correction stage in one tile and without the file's pixels around the crop (docs
 runtime's route").
 
     python -m experiments.heldout_runtime --out out/heldout_runtime [--members 8] [--seeds 0,1]
-        [--error-seeds 0,1,2,3,4,5,6,7] [--routes shipped] [--model B]
+        [--error-seeds 0,1,2,3,4,5,6,7] [--routes shipped] [--model B] [--panel fit,under,clean]
 
 The cases, their satellite-like input (train/degrade.py on the whole coarse frame, the fitted model,
 fixed seed) and the scores are experiments/heldout.py's: the 1 km ensemble's fair CRPS over the MAE of bilinear
@@ -27,11 +27,13 @@ import numpy as np
 import torch
 
 from experiments.heldout import SIZE, fitted_error_model, iter_cases
+from experiments.panel import PANEL, panel_model
 from experiments.shift_oracle import case_scores, frame_shift
 from precipfast.config import DegradationConfig
 from precipfast.noise import Origin
 from precipfast.runtime.engines.bundle import default_bundle_path, open_bundle
 from precipfast.runtime.files.reader import CONTEXT_PX, Context, InputField
+from precipfast.runtime.sampling.dry import within_reach
 from precipfast.runtime.sampling.pipeline import Pipeline
 from precipfast.verify.baselines import bilinear
 from precipfast.verify.scores import fair_crps, mae, peak_ratio, ratio_of_sums
@@ -63,11 +65,32 @@ def one_tile_bundle(bundle: Path, into: Path) -> Path:
     return out
 
 
-def score(res: dict, truth: torch.Tensor, lr: np.ndarray) -> dict:
+FAR_PX = 2   # coarse px (20 km): rain farther than this from any input rain counts as far (issue 33)
+
+
+def score(res: dict, truth: torch.Tensor, lr: np.ndarray, sat: np.ndarray | None = None) -> dict:
     ens, corr = torch.from_numpy(res["precip"][0]), torch.from_numpy(res["corrected_lr"][0])
+    lr_t = torch.from_numpy(lr)
+    far = {}
+    if sat is not None:   # the members' rain more than FAR_PX coarse px from any rain of the input
+        near = within_reach(torch.from_numpy(np.nan_to_num(sat))[None, None], FAR_PX)[0, 0].numpy()
+        f = ens.shape[-1] // sat.shape[-1]
+        far_fine = torch.from_numpy(~near.repeat(f, 0).repeat(f, 1))
+        far = {"far_rain": float(ens[:, far_fine].sum() / ens.shape[0]), "far_max": float(ens[:, far_fine].max())
+               if far_fine.any() else 0.0}
     return {"fair_crps": float(fair_crps(ens, truth).mean()),
-            "coarse_fair_crps": float(fair_crps(corr, torch.from_numpy(lr)).mean()),
+            "coarse_fair_crps": float(fair_crps(corr, lr_t).mean()),
+            "coarse_mean_mae": mae(corr.mean(0), lr_t),                # the corrected field's ensemble mean
+            "rain": float(ens.mean(0).sum()),                          # the ensemble's total rain (mean member)
+            "outside": outside_range(ens, truth), **far,
             "p9999": float(torch.quantile(ens.flatten().double(), 0.9999)), "max": float(ens.max())}
+
+
+def outside_range(members: torch.Tensor, truth: torch.Tensor) -> float:
+    """Share of the truth's pixels outside the members' range (a calibrated ensemble of E: 2 / (E + 1));
+    ties at zero rain count as inside."""
+    lo, hi = members.min(0).values, members.max(0).values
+    return float(((truth < lo) | (truth > hi)).double().mean())
 
 
 def _bundle_and_errors(bundle, ckpt):
@@ -94,6 +117,7 @@ def run(data_dir, *, members: int = 8, seeds=(0,), bundle=None, ckpt="checkpoint
             truth = torch.from_numpy(np.ascontiguousarray(frame[y:y + SIZE, x:x + SIZE]))
             lr, sat = lr_frame[ly:ly + n, lx:lx + n], sat_frame[ly:ly + n, lx:lx + n]
             row = {"source": source, "frame": t, "row0": y, "col0": x, "truth_max": float(truth.max()),
+                   "truth_rain": float(truth.sum()),
                    "sat_mae": mae(torch.from_numpy(sat), torch.from_numpy(lr)),
                    "sat_bilinear_mae": mae(bilinear(sat, f), truth),
                    # the strongest simple baseline: bilinear of the clean mean-pooled radar
@@ -105,7 +129,7 @@ def run(data_dir, *, members: int = 8, seeds=(0,), bundle=None, ckpt="checkpoint
             for route, pipe in pipes.items():
                 fld = case_field(sat_frame, ly, lx, n, CONTEXT_PX if route == "shipped" else 0)
                 for s in seeds:
-                    row[f"{route}_{s}"] = score(pipe.sample(fld, members=members, seed=s), truth, lr)
+                    row[f"{route}_{s}"] = score(pipe.sample(fld, members=members, seed=s), truth, lr, sat)
             print(f"heldout_runtime: {source} frame {t} window ({y}, {x}), case {len(rows) + 1}",
                   file=sys.stderr, flush=True)
             rows.append(row)
@@ -169,6 +193,11 @@ def summarise(rows: list, seeds, routes=ROUTES) -> dict:
             out[k] = {"fair_crps_over_bilinear_input": ratio_of_sums(fair, col("sat_bilinear_mae")),
                       "fair_crps_over_bilinear_clean": ratio_of_sums(fair, col("clean_bilinear_mae")),
                       "coarse_fair_crps_over_input": ratio_of_sums(coarse, col("sat_mae")),
+                      "coarse_mean_mae_over_input": ratio_of_sums([r[k]["coarse_mean_mae"] for r in rows], col("sat_mae")),
+                      "rain_over_truth": ratio_of_sums([r[k]["rain"] for r in rows], col("truth_rain")),
+                      "outside_range": sum(r[k]["outside"] for r in rows) / len(rows),
+                      "far_rain_share": ratio_of_sums([r[k]["far_rain"] for r in rows], [r[k]["rain"] for r in rows]),
+                      "worst_far_max": max(r[k]["far_max"] for r in rows),
                       "worst_p9999_over_truth_max": max(peak_ratio(r[k]["p9999"], r["truth_max"]) for r in rows),
                       "worst_max_over_truth_max": max(peak_ratio(r[k]["max"], r["truth_max"]) for r in rows)}
     return out
@@ -186,6 +215,8 @@ def main(argv=None) -> None:
     ap.add_argument("--error-seeds", default="0",
                     help="comma list of draws of the satellite-error model degrading the frames, each scored")
     ap.add_argument("--model", default=None, help="a bundle to score instead of the shipped one")
+    ap.add_argument("--panel", default="fit", help=f"comma list of error models to degrade the frames with, each "
+                                                   f"scored (experiments/panel.py: {', '.join(PANEL)})")
     ap.add_argument("--bundle", help=argparse.SUPPRESS)   # the old name, refused with a pointer
     ap.add_argument("--correction-domains", action="store_true",
                     help="score the correction stage alone in each of DOMAINS instead (32 members, each seed)")
@@ -208,18 +239,23 @@ def main(argv=None) -> None:
         ap.error(f"--routes must be a comma list of {', '.join(ROUTES)}, got {args.routes!r}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    draws = {}
-    for e in (int(v) for v in args.error_seeds.split(",")):
-        res = run(args.data, members=args.members, seeds=seeds, bundle=args.model, ckpt=args.ckpt,
-                  max_windows=args.windows, routes=routes, error_seed=e)
-        (out / ("heldout_runtime.json" if not e else f"heldout_runtime_e{e}.json")).write_text(
-            json.dumps(res, indent=1) + "\n")
-        draws[e] = res["summary"]
-        for k, v in res["summary"].items():
-            print(f"error draw {e}:", k, " ".join(f"{m} {x:.3f}" for m, x in v.items()), flush=True)
-    if len(draws) > 1:
-        for k, v in over_draws(draws).items():
-            print(f"over {len(draws)} draws:", k, " ".join(f"{m} {x:.3f}" for m, x in v.items()))
+    panel = args.panel.split(",")
+    if set(panel) - set(PANEL):
+        ap.error(f"--panel must be a comma list of {', '.join(PANEL)}, got {args.panel!r}")
+    fitted = fitted_error_model(args.ckpt)[0]
+    for name in panel:
+        draws = {}
+        for e in (int(v) for v in args.error_seeds.split(",")):
+            res = run(args.data, members=args.members, seeds=seeds, bundle=args.model, ckpt=args.ckpt,
+                      max_windows=args.windows, routes=routes, error_seed=e, degradation=panel_model(name, fitted))
+            stem = "heldout_runtime" + ("" if name == "fit" else f"_{name}") + ("" if not e else f"_e{e}")
+            (out / f"{stem}.json").write_text(json.dumps({"panel": name, **res}, indent=1) + "\n")
+            draws[e] = res["summary"]
+            for k, v in res["summary"].items():
+                print(f"{name}, error draw {e}:", k, " ".join(f"{m} {x:.3f}" for m, x in v.items()), flush=True)
+        if len(draws) > 1:
+            for k, v in over_draws(draws).items():
+                print(f"{name}, over {len(draws)} draws:", k, " ".join(f"{m} {x:.3f}" for m, x in v.items()))
 
 
 def over_draws(draws: dict) -> dict:

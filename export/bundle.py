@@ -17,6 +17,8 @@ from precipfast import _version
 from precipfast.config import (
     POOLINGS,
     STAGES,
+    WIDE_ERROR_PRIOR,
+    DegradationConfig,
     EDMConfig,
     SamplerConfig,
     TransformConfig,
@@ -30,6 +32,7 @@ from precipfast.runtime.engines.bundle import BASE_COND, FORMAT, FORMAT_VERSION,
 from precipfast.runtime.engines.parity import parity_report, summary_line
 from precipfast.runtime.files.digest import sha256_file
 from precipfast.train.checkpoint import load_checkpoint
+from precipfast.train.degrade import margin_px
 
 
 def _stage_entry(stage: str, denoiser, cfg: dict, cond_names) -> dict:
@@ -60,6 +63,12 @@ def _stage_entry(stage: str, denoiser, cfg: dict, cond_names) -> dict:
         # worse coarse CRPS than tiled at 32 (docs/experiments.md, "The runtime's route"). The diffusion
         # stage keeps the user's --tile (128 px default: the measured speed/skill trade, docs/sampling.md).
         entry["tile"] = {"size": int(crop), "overlap": int(crop) // 4}
+    data = cfg.get("data") or {}
+    if stage == "correction" and data.get("degradation", {}).get("enabled", True):
+        # how far the training's satellite-error model moved rain: beyond it the corrected field is dry
+        # (runtime/sampling/dry.py)
+        deg = from_dict(DegradationConfig, data.get("degradation", {}))
+        entry["rain_reach_px"] = margin_px(deg, WIDE_ERROR_PRIOR if data.get("error_prior") == "wide" else None)
     return entry
 
 

@@ -154,6 +154,28 @@ class DegradationConfig:
                "degradation.shift_px, blur_px and noise_std must be >= 0")
 
 
+# The ranges a training crop draws its own satellite-error model from under `DataConfig.error_prior` "wide"
+# (train/degrade.py draw_error_model): nobody knows which way IMERG errs on a given day and place, so the
+# correction learns what the field itself reveals and leaves the rest as spread. bias_a is log-uniform, the
+# others uniform; the parameters not named keep the fitted model's values.
+WIDE_ERROR_PRIOR = {
+    # IMERG over- and underestimates by tens of percent by region and season (Tan et al. 2016, J. Hydrometeor.
+    # 17; O et al. 2017, HESS 21), and the fit itself moved from 0.54 to 1.13 with the pooling
+    "bias_a": (0.6, 1.6),
+    # retrievals saturate in convective cores (gamma < 1, the literature) up to the fit's 1.09
+    "gamma_exp": (0.8, 1.12),
+    # IR parallax and the half-hour timing error: 5-30 km rms per axis (the fit: 20 km)
+    "shift_px": (0.5, 3.0),
+    # PMW footprints and morphing: a quarter to a whole coarse pixel
+    "blur_px": (0.3, 1.0),
+    # random retrieval error, log-space std (the fit: 0.20)
+    "noise_std": (0.1, 0.35),
+    # light rain missed: none to most of it (the fit: 0.3)
+    "p_miss": (0.0, 0.6),
+}
+ERROR_PRIORS = ("fit", "wide")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Training data: real radar, coarsened, cropped and augmented (train/data.py)."""
@@ -168,6 +190,8 @@ class DataConfig:
         "qpe/20160920", "qpe/20160921", "fmi/fmi_20160928", "bom/bom_66_20201031")
     val_sources: tuple[str, ...] = ("qpe/20160922",)  # the validation day, source/day
     min_wet_fraction: float = 0.05          # patches drier than this are resampled (most of the time)
+    error_prior: str = "fit"                # correction crops: "fit" degrades every crop with `degradation`;
+                                            # "wide" draws each crop's error model from WIDE_ERROR_PRIOR
     transform: TransformConfig = field(default_factory=TransformConfig)
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
 
@@ -180,6 +204,8 @@ class DataConfig:
         _check(isinstance(self.patch_lr, int) and 4 <= self.patch_lr <= 4096,
                f"--patch-lr must be an integer in [4, 4096], got {self.patch_lr}")
         _check(self.period_min >= 1, f"--period-min (data.period_min) must be >= 1, got {self.period_min}")
+        _check(self.error_prior in ERROR_PRIORS, f"--error-prior must be one of {', '.join(ERROR_PRIORS)}, "
+                                                 f"got {self.error_prior!r}")
         object.__setattr__(self, "train_sources", tuple(self.train_sources))
         object.__setattr__(self, "val_sources", tuple(self.val_sources))
         if isinstance(self.transform, dict):

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from precipfast.config import STAGES, DataConfig
+from precipfast.config import STAGES, WIDE_ERROR_PRIOR, DataConfig
 from precipfast.grid import coarsen, upsample
-from precipfast.train.degrade import WET_MM_H, degrade
+from precipfast.train.degrade import WET_MM_H, degrade, draw_error_model, margin_px
 from precipfast.train.sources import (
     QPE_SCALE,
     available_sources,
@@ -75,8 +75,8 @@ class PairDataset:
                 raise ValueError(f"sources {leak} are both training and validation sources; hold out whole days "
                                  "or places")
         deg = data_cfg.degradation
-        self.margin = (math.ceil(3 * deg.shift_px) + math.ceil(3 * deg.blur_px) + 1
-                       if stage == "correction" and deg.enabled else 0)
+        self.prior = WIDE_ERROR_PRIOR if data_cfg.error_prior == "wide" else None
+        self.margin = margin_px(deg, self.prior) if stage == "correction" and deg.enabled else 0
         self.patch = data_cfg.patch_lr if stage == "correction" else data_cfg.patch_hr
         self.sources, self.skipped = [], []
         for name in names:
@@ -158,7 +158,12 @@ class PairDataset:
             target = forward(win, tcfg) - cond
             return {"hr": cond + target, "lr_mm_h": lr, "cond": cond, "target": target, "base": cond,
                     "hr_mm_h": win}
-        sat_mm = degrade(win, self.cfg.degradation, generator)[..., m: m + p, m: m + p]
+        if self.prior is None:
+            sat_mm = degrade(win, self.cfg.degradation, generator)
+        else:  # each crop its own error model (DataConfig.error_prior)
+            sat_mm = torch.cat([degrade(w[None], draw_error_model(self.cfg.degradation, generator, self.prior),
+                                        generator) for w in win])
+        sat_mm = sat_mm[..., m: m + p, m: m + p]
         truth_mm = win[..., m: m + p, m: m + p].contiguous()
         sat = forward(sat_mm, tcfg).contiguous()
         target = forward(truth_mm, tcfg) - sat

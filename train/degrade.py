@@ -12,13 +12,14 @@ heavy-rain share, lag-1 autocorrelation).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from precipfast.config import DegradationConfig
+from precipfast.config import WIDE_ERROR_PRIOR, DegradationConfig
 
 WET_MM_H = 0.1     # "wet" threshold used throughout (shared/data/README.md)
 HEAVY_MM_H = 10.0  # rain above this rate counts as heavy in `degradation_stats`
@@ -51,6 +52,24 @@ def degrade(lr_mm_h: torch.Tensor, cfg: DegradationConfig, generator: torch.Gene
     r = missed_light_rain(r, cfg.detect_mm_h, cfg.p_miss, generator)
     r = r.clamp_min(0).masked_fill(nan, math.nan)
     return r.reshape(shape)
+
+
+def draw_error_model(base: DegradationConfig, generator: torch.Generator,
+                     prior: dict = WIDE_ERROR_PRIOR) -> DegradationConfig:
+    """`base` with each parameter named in `prior` drawn from its range (bias_a log-uniform, the others
+    uniform), one draw of `generator` per parameter in the prior's order."""
+    u = torch.rand(len(prior), generator=generator, dtype=torch.float64).tolist()
+    drawn = {}
+    for (name, (lo, hi)), v in zip(prior.items(), u):
+        drawn[name] = math.exp(math.log(lo) + v * (math.log(hi) - math.log(lo))) if name == "bias_a" else lo + v * (hi - lo)
+    return dataclasses.replace(base, **drawn)
+
+
+def margin_px(cfg: DegradationConfig, prior: dict | None = None) -> int:
+    """Coarse pixels of context a crop needs around it for the largest displacement and blur it may get."""
+    shift = max(cfg.shift_px, *(prior or {}).get("shift_px", (0.0,)))
+    blur = max(cfg.blur_px, *(prior or {}).get("blur_px", (0.0,)))
+    return math.ceil(3 * shift) + math.ceil(3 * blur) + 1
 
 
 def intensity_bias(r: torch.Tensor, bias_a: float, gamma_exp: float) -> torch.Tensor:

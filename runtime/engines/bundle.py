@@ -79,6 +79,12 @@ class Bundle:
         t = self.stage(stage).get("tile")
         return None if t is None else (int(t["size"]), int(t["overlap"]))
 
+    def rain_reach(self, stage: str) -> int | None:
+        """Coarse pixels within which the stage's training truth had rain around any satellite rain
+        (runtime/sampling/dry.py), or None where the bundle does not say."""
+        r = self.stage(stage).get("rain_reach_px")
+        return None if r is None else int(r)
+
     def cond_names(self, stage: str) -> tuple[str, ...]:
         return tuple(self.stage(stage)["cond_channels"])
 
@@ -162,6 +168,10 @@ def _check_stage(root: Path, stage: str, entry: dict, files: dict) -> None:
     from_dict(SamplerConfig, entry["sampler"])
     if "tile" in entry:
         _check_tile(stage, entry["tile"])
+    if "rain_reach_px" in entry:
+        r = entry["rain_reach_px"]
+        if not (isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= 64):
+            raise ValueError(f"stage {stage!r} rain_reach_px {r!r} is invalid; expected an integer 0-64 (coarse px)")
     names = entry["cond_channels"]
     if len(names) != unet.cond_channels:
         raise ValueError(f"stage {stage!r} lists {len(names)} conditioning channels {names} but its "

@@ -28,6 +28,7 @@ from precipfast.runtime.engines.device import resolve_device
 from precipfast.runtime.files.rates import rate_problem
 from precipfast.runtime.files.reader import expected_pixel_check
 from precipfast.runtime.sampling import guard, memory
+from precipfast.runtime.sampling.dry import dry_under, within_reach
 from precipfast.runtime.sampling.ensemble import Tiling, evaluations, images, sample_ensemble
 from precipfast.transform import forward, inverse
 
@@ -40,6 +41,7 @@ class StageRun:
     sampler: SamplerConfig
     tiling: Tiling
     cond_names: tuple[str, ...]
+    rain_reach: int | None = None    # coarse px: beyond them from input rain the stage's output is dry (dry.py)
 
 
 class Pipeline:
@@ -82,7 +84,7 @@ class Pipeline:
                                      torch_compile=opts.torch_compile, cuda_graphs=opts.cuda_graphs)
             backend = get_backend(name, bundle, s, dev, options=options)
             runs[s] = StageRun(s, backend, bundle.sampler(s), Tiling(tile, overlap, mb),
-                               tuple(bundle.cond_names(s)))
+                               tuple(bundle.cond_names(s)), bundle.rain_reach(s))
         return cls(bundle, runs, dev, name, opts, budget, step_impl_name(dev))
 
     # ------------------------------------------------------------------ sampling
@@ -193,11 +195,14 @@ class Pipeline:
                                          _steps(corr.sampler, steps), corr.tiling, base=x_wide,
                                          origin=org_wide.shifted(0, 0, w), step_impl=step,
                                          on_images=_tick(progress, "correction"))
+                if corr.rain_reach is not None:   # no rain beyond the training errors' reach (dry.py)
+                    x_corr = x_corr.masked_fill(~within_reach(x_wide, corr.rain_reach), 0.0)
                 x_corr = x_corr[:, :, inner[0], inner[1]]
             else:
                 x_corr = x_sat.expand(len(group), 1, h, w)
             corrected = _masked(_finite(inverse(x_corr, self.transform), corr, steps), missing)[:, 0].cpu().numpy()
             precip = corrected
+            dry_coarse = x_corr <= 0
             if down:
                 x_up = upsample(x_corr, f, self.upsample_mode)
                 cond = self._cond(down, x_up, aux, lr_grid=False)
@@ -207,6 +212,7 @@ class Pipeline:
                                         _steps(down.sampler, steps), down.tiling, base=x_up,
                                         origin=fo.shifted(0, 0, w * f), step_impl=step,
                                         on_images=_tick(progress, "downscaling"))
+                x_fin.masked_fill_(dry_under(dry_coarse, f), 0.0)   # a dry pool holds only dry pixels (dry.py)
                 del x_up, cond
                 fine_missing = missing.repeat_interleave(f, 0).repeat_interleave(f, 1)
                 precip = _masked(_finite(inverse(x_fin, self.transform), down, steps), fine_missing)[:, 0].cpu().numpy()

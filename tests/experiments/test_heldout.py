@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from experiments import heldout
 from precipfast.train.sources import FILES
@@ -78,6 +79,9 @@ def test_runtime_route_crop_carries_its_neighbours_and_scores_both_routes():
         # two members on a light shower: the shipped route helps; both stay physical
         assert 0.3 < s["fair_crps_over_bilinear_input"] < 1.0 and s["coarse_fair_crps_over_input"] < 1.0
         assert s["worst_p9999_over_truth_max"] <= 2.0 and row[f"{route}_0"]["fair_crps"] > 0
+        # issue 33's measures: the corrected mean against the input, the rain kept, the truth outside the members
+        assert 0 < s["coarse_mean_mae_over_input"] < 1.5 and 0.3 < s["rain_over_truth"] < 3.0
+        assert 0 <= s["outside_range"] <= 1 and 0 <= s["far_rain_share"] < 0.05 and s["worst_far_max"] >= 0
     assert row["shipped_0"]["coarse_fair_crps"] != row["one_tile_no_context_0"]["coarse_fair_crps"]
     # the information floor beside them (experiments/oracle.py): the truth itself, spread by the shift's prior
     o = res["summary"]["shift_oracle"]
@@ -101,3 +105,10 @@ def test_correction_domains_score_each_domain_by_ring():
         assert 0.2 < v["coarse_fair_crps_over_input"] < 1.2 and len(v["by_ring"]) == 10   # 20 px crops: rings 0-9
     # the crop alone and the crop among its neighbours are different problems at the crop's edge
     assert res["crop_one_tile"]["by_ring"][0] != res["crop_context8_tiled32"]["by_ring"][0]
+
+
+def test_outside_range_counts_the_truth_beyond_every_member():
+    from experiments.heldout_runtime import outside_range
+    members = torch.tensor([[[0.0, 1.0, 2.0]], [[0.0, 3.0, 4.0]]])
+    truth = torch.tensor([[0.0, 5.0, 3.0]])      # tie at zero inside, above every member, between them
+    assert outside_range(members, truth) == 1 / 3

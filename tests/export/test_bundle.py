@@ -168,11 +168,17 @@ def test_export_checkpoints(stages, tmp_path):
     crop = DataConfig().patch_lr
     assert b.tiling("correction") == (crop, crop // 4)
     assert b.tiling("downscaling") is None
+    # the correction's rain reaches as far as its training errors moved rain: 3 sd of shift and of blur, + 1
+    assert b.rain_reach("correction") == 9 and b.rain_reach("downscaling") is None
     x, cond = torch.randn(1, 1, 20, 30), torch.randn(1, 2, 20, 30)
     with torch.inference_mode():
         assert torch.equal(load_denoisers(b)["downscaling"](x, torch.tensor([2.0]), cond),
                            stages["downscaling"][0](x, torch.tensor([2.0]), cond))
     cfg = json.loads((tmp_path / "correction" / "config.json").read_text())
+    cfg["data"]["error_prior"] = "wide"          # trained over the wide prior: it reaches as far as its widest errors
+    (tmp_path / "correction" / "config.json").write_text(json.dumps(cfg))
+    wide = export_checkpoints(dirs, tmp_path / "bundle_wide", onnx=False, parity=False)
+    assert open_bundle(wide).rain_reach("correction") == 13
     cfg["data"]["pooling"] = "max"
     (tmp_path / "correction" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(InputFormatError, match="disagree on data.pooling"):

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from precipfast.config import DegradationConfig
-from precipfast.train.degrade import degradation_stats, degrade, displacement, rain_centroid, shift_bilinear
+from precipfast.config import WIDE_ERROR_PRIOR, DegradationConfig
+from precipfast.train.degrade import (
+    degradation_stats,
+    degrade,
+    displacement,
+    draw_error_model,
+    margin_px,
+    rain_centroid,
+    shift_bilinear,
+)
 
 OFF = DegradationConfig(bias_a=1.0, gamma_exp=1.0, detect_mm_h=0.5, p_miss=0.0, shift_px=0.0, blur_px=0.0,
                         noise_std=0.0)
@@ -132,3 +140,20 @@ def test_degradation_stats_on_a_known_field():
     # two sets get equal weight, whatever their sizes
     both = degradation_stats([np.ones((4, 4)), np.zeros((1, 40, 40))])
     assert both["wet_fraction"] == pytest.approx(0.5)
+
+
+def test_error_models_drawn_from_the_wide_prior_stay_in_its_ranges_and_follow_the_generator():
+    base = DegradationConfig()
+    gen = torch.Generator().manual_seed(3)
+    drawn = [draw_error_model(base, gen) for _ in range(400)]
+    for name, (lo, hi) in WIDE_ERROR_PRIOR.items():
+        vals = np.array([getattr(d, name) for d in drawn])
+        assert lo <= vals.min() and vals.max() <= hi, name
+        assert vals.max() - vals.min() > 0.8 * (hi - lo), f"{name} does not cover its range"
+    bias = np.log([d.bias_a for d in drawn])  # log-uniform: as many draws below 1 as the log range puts there
+    below = (0 - np.log(0.6)) / (np.log(1.6) - np.log(0.6))
+    assert abs((bias < 0).mean() - below) < 0.08
+    assert {d.detect_mm_h for d in drawn} == {base.detect_mm_h}   # what the prior does not name stays the fit's
+    again = draw_error_model(base, torch.Generator().manual_seed(3))
+    assert again == drawn[0]
+    assert margin_px(base) == 9 and margin_px(base, WIDE_ERROR_PRIOR) == 13
