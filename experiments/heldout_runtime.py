@@ -72,7 +72,7 @@ def score(res: dict, truth: torch.Tensor, lr: np.ndarray, sat: np.ndarray | None
     ens, corr = torch.from_numpy(res["precip"][0]), torch.from_numpy(res["corrected_lr"][0])
     lr_t = torch.from_numpy(lr)
     far = {}
-    if sat is not None:   # the members' rain more than FAR_PX coarse px from any rain of the input
+    if sat is not None:   # the members' rain more than FAR_PX coarse px from any rain of the input crop
         near = within_reach(torch.from_numpy(np.nan_to_num(sat))[None, None], FAR_PX)[0, 0].numpy()
         f = ens.shape[-1] // sat.shape[-1]
         far_fine = torch.from_numpy(~near.repeat(f, 0).repeat(f, 1))

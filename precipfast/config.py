@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+WET_MM_H = 0.1   # a pixel at or above this rate is wet, below it dry (shared/data/README.md)
 STAGES = ("correction", "downscaling")
 POOLINGS = ("mean", "max")   # how the coarse field pools the fine one (grid.coarsen)
 

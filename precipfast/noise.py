@@ -76,9 +76,14 @@ class Origin:
         """The same corner on the grid `factor` times finer."""
         return Origin(self.row0 * factor, self.col0 * factor, self.width * factor)
 
-    def shifted(self, rows: int, cols: int, width: int) -> "Origin":
-        """The origin `rows` and `cols` pixels further south-east, on a grid of `width` when this one has none."""
-        return Origin(self.row0 + rows, self.col0 + cols, self.width or width)
+    def with_width(self, width: int) -> "Origin":
+        """This origin on a grid of `width` pixels when it has no width of its own (an array without geolocation
+        is keyed as its own grid)."""
+        return Origin(self.row0, self.col0, self.width or width)
+
+    def shifted(self, rows: int, cols: int) -> "Origin":
+        """The origin `rows` and `cols` pixels further south-east on the same grid."""
+        return Origin(self.row0 + rows, self.col0 + cols, self.width)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from precipfast.config import STAGES, WIDE_ERROR_PRIOR, DataConfig
+from precipfast.config import STAGES, WET_MM_H, WIDE_ERROR_PRIOR, DataConfig
 from precipfast.grid import coarsen, upsample
-from precipfast.train.degrade import WET_MM_H, degrade, draw_error_model, margin_px
+from precipfast.train.degrade import degrade, draw_error_model, margin_px
 from precipfast.train.sources import (
     QPE_SCALE,
     available_sources,

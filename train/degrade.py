@@ -19,9 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from precipfast.config import WIDE_ERROR_PRIOR, DegradationConfig
+from precipfast.config import WET_MM_H, WIDE_ERROR_PRIOR, DegradationConfig
 
-WET_MM_H = 0.1     # "wet" threshold used throughout (shared/data/README.md)
 HEAVY_MM_H = 10.0  # rain above this rate counts as heavy in `degradation_stats`
 
 

@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-DRY_MM_H = 0.1     # below this a pixel is dry (shared/data/README.md's wet threshold; the quick-look's white)
+from precipfast.config import WET_MM_H
 
 
 def _mean_abs_error(members: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -109,7 +109,7 @@ def peak_ratio(peak: float, truth_max: float) -> float:
     return peak / max(truth_max, 1e-6)
 
 
-def dry_share(field, mask, dry_mm_h: float = DRY_MM_H) -> tuple[float, int]:
+def dry_share(field, mask, dry_mm_h: float = WET_MM_H) -> tuple[float, int]:
     """(percent of the pixels of field inside mask below dry_mm_h, number of pixels inside mask); NaN percent
     when the mask is empty. field and mask of one shape, any number of axes (stack fields to pool them)."""
     field, mask = np.asarray(field), np.asarray(mask, bool)

@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from precipfast.config import DegradationConfig
+from precipfast.config import WET_MM_H, DegradationConfig
 from precipfast.grid import coarsen
 from precipfast.jobs.quicklook import save_figure
 from precipfast.noise import time_seed
@@ -51,7 +51,6 @@ from precipfast.verify.scores import (
 )
 
 BAND_KM = (2.0, 20.0)   # scales interpolation cannot recover and the ensemble must (MISSION.md)
-WET_MM_H = 0.1          # "wet" threshold of shared/data/README.md; picks the window to verify
 
 
 def validate(opts: ValidateOptions = ValidateOptions(), *, degradation: DegradationConfig | None = None,

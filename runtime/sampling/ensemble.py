@@ -102,7 +102,7 @@ def sample_ensemble(backend: Backend, cond: torch.Tensor, members: Sequence[int]
     tiles, overlap = domain_tiles(h, w, tiling)
     ts = [float(t) for t in karras_sigmas(cfg.num_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)]
     step = step_impl if step_impl is not None else get_step_impl(cond.device)
-    win = NoiseWindow(seed, tuple(members), stage, (origin or Origin()).shifted(0, 0, w))
+    win = NoiseWindow(seed, tuple(members), stage, (origin or Origin()).with_width(w))
 
     def denoise(x, t):
         return denoise_domain(backend, x, t, cond, tiling, tiles, overlap, on_images)

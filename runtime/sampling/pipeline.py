@@ -181,38 +181,40 @@ class Pipeline:
             wide, top, left = context
             x_wide = forward(torch.from_numpy(np.nan_to_num(wide, nan=0.0)), self.transform).to(self.device)
             x_wide, inner = x_wide.view(1, 1, *wide.shape), (slice(top, top + h), slice(left, left + w))
-            org_wide = org.shifted(-top, -left, w)
+            org_wide = org.with_width(w).shifted(-top, -left)
         else:
             x_wide, inner, org_wide = x_sat, (slice(None), slice(None)), org
         corr = self.stages.get("correction")
         down = self.stages.get("downscaling")
         step = get_step_impl(self.device, self.step_name)  # the implementation the groups were sized for
         size = memory.member_group_size(h * w * (f * f if down else 1), self.budget_bytes, self.step_name)
+        # no rain beyond the correction's reach from input rain (dry.py): one mask for every group
+        beyond = ~within_reach(x_wide, corr.rain_reach) if corr and corr.rain_reach is not None else None
         for group in _groups(ids, size):
             if corr:
                 cond = self._cond(corr, x_wide, aux, lr_grid=True)
                 x_corr = sample_ensemble(corr.backend, cond, group, "correction", seed,
                                          _steps(corr.sampler, steps), corr.tiling, base=x_wide,
-                                         origin=org_wide.shifted(0, 0, w), step_impl=step,
+                                         origin=org_wide.with_width(w), step_impl=step,
                                          on_images=_tick(progress, "correction"))
-                if corr.rain_reach is not None:   # no rain beyond the training errors' reach (dry.py)
-                    x_corr = x_corr.masked_fill(~within_reach(x_wide, corr.rain_reach), 0.0)
+                if beyond is not None:
+                    x_corr = x_corr.masked_fill(beyond, 0.0)
                 x_corr = x_corr[:, :, inner[0], inner[1]]
             else:
                 x_corr = x_sat.expand(len(group), 1, h, w)
             corrected = _masked(_finite(inverse(x_corr, self.transform), corr, steps), missing)[:, 0].cpu().numpy()
             precip = corrected
-            dry_coarse = x_corr <= 0
             if down:
+                dry_coarse = x_corr <= 0   # a dry pool holds only dry pixels (dry.py)
                 x_up = upsample(x_corr, f, self.upsample_mode)
                 cond = self._cond(down, x_up, aux, lr_grid=False)
                 fo = org.scaled(f)
                 del x_corr
                 x_fin = sample_ensemble(down.backend, cond, group, "downscaling", seed,
                                         _steps(down.sampler, steps), down.tiling, base=x_up,
-                                        origin=fo.shifted(0, 0, w * f), step_impl=step,
+                                        origin=fo.with_width(w * f), step_impl=step,
                                         on_images=_tick(progress, "downscaling"))
-                x_fin.masked_fill_(dry_under(dry_coarse, f), 0.0)   # a dry pool holds only dry pixels (dry.py)
+                x_fin.masked_fill_(dry_under(dry_coarse, f), 0.0)
                 del x_up, cond
                 fine_missing = missing.repeat_interleave(f, 0).repeat_interleave(f, 1)
                 precip = _masked(_finite(inverse(x_fin, self.transform), down, steps), fine_missing)[:, 0].cpu().numpy()
