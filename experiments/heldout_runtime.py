@@ -38,7 +38,9 @@ from precipfast.runtime.sampling.pipeline import Pipeline
 from precipfast.verify.baselines import bilinear
 from precipfast.verify.scores import fair_crps, mae, peak_ratio, ratio_of_sums
 
-ROUTES = ("shipped", "one_tile_no_context")
+ROUTES = ("shipped", "one_tile_no_context", "no_correction")
+# shipped: the bundle as `precipfast sample --bbox` runs it; one_tile_no_context: 0.3.1's route (the correction in
+# one tile, without the frame's pixels around the crop); no_correction: the downscaling stage on the input alone
 
 
 def case_field(sat_frame: np.ndarray, ly: int, lx: int, n: int, context: int) -> InputField:
@@ -68,9 +70,20 @@ def one_tile_bundle(bundle: Path, into: Path) -> Path:
 FAR_PX = 2   # coarse px (20 km): rain farther than this from any input rain counts as far (issue 33)
 
 
-def score(res: dict, truth: torch.Tensor, lr: np.ndarray, sat: np.ndarray | None = None) -> dict:
-    ens, corr = torch.from_numpy(res["precip"][0]), torch.from_numpy(res["corrected_lr"][0])
-    lr_t = torch.from_numpy(lr)
+def score_coarse(corr: torch.Tensor, lr_t: torch.Tensor) -> dict:
+    """The corrected coarse members (E, n, n) against the clean mean-pooled truth (n, n)."""
+    return {"coarse_fair_crps": float(fair_crps(corr, lr_t).mean()),
+            "coarse_mean_mae": mae(corr.mean(0), lr_t),                # the corrected field's ensemble mean
+            "coarse_rain": float(corr.mean(0).sum()), "coarse_outside": outside_range(corr, lr_t),
+            "coarse_max": float(corr.max())}
+
+
+def score(res: dict, truth: torch.Tensor | None, lr: np.ndarray, sat: np.ndarray | None = None) -> dict:
+    """truth None: the correction stage alone was run (coarse scores only)."""
+    corr, lr_t = torch.from_numpy(res["corrected_lr"][0]), torch.from_numpy(lr)
+    if truth is None:
+        return score_coarse(corr, lr_t)
+    ens = torch.from_numpy(res["precip"][0])
     far = {}
     if sat is not None:   # the members' rain more than FAR_PX coarse px from any rain of the input crop
         near = within_reach(torch.from_numpy(np.nan_to_num(sat))[None, None], FAR_PX)[0, 0].numpy()
@@ -78,9 +91,7 @@ def score(res: dict, truth: torch.Tensor, lr: np.ndarray, sat: np.ndarray | None
         far_fine = torch.from_numpy(~near.repeat(f, 0).repeat(f, 1))
         far = {"far_rain": float(ens[:, far_fine].sum() / ens.shape[0]), "far_max": float(ens[:, far_fine].max())
                if far_fine.any() else 0.0}
-    return {"fair_crps": float(fair_crps(ens, truth).mean()),
-            "coarse_fair_crps": float(fair_crps(corr, lr_t).mean()),
-            "coarse_mean_mae": mae(corr.mean(0), lr_t),                # the corrected field's ensemble mean
+    return {"fair_crps": float(fair_crps(ens, truth).mean()), **score_coarse(corr, lr_t),
             "rain": float(ens.mean(0).sum()),                          # the ensemble's total rain (mean member)
             "outside": outside_range(ens, truth), **far,
             "p9999": float(torch.quantile(ens.flatten().double(), 0.9999)), "max": float(ens.max())}
@@ -99,25 +110,34 @@ def _bundle_and_errors(bundle, ckpt):
     return b, int(b.manifest["scale_factor"]), fitted_error_model(ckpt)[0]
 
 
+def _pipeline(path: Path, route: str, coarse_only: bool, tmp: Path) -> Pipeline:
+    if route == "one_tile_no_context":
+        path = one_tile_bundle(path, tmp)
+    stages = ("downscaling",) if route == "no_correction" else ("correction",) if coarse_only else None
+    return Pipeline.from_bundle(path, device="cpu", **({"stages": stages} if stages else {}))
+
+
 def run(data_dir, *, members: int = 8, seeds=(0,), bundle=None, ckpt="checkpoints/v2", cases=None,
         max_windows: int | None = None, routes=ROUTES, error_seed: int = 0,
-        degradation: DegradationConfig | None = None) -> dict:
+        degradation: DegradationConfig | None = None, coarse_only: bool = False) -> dict:
     """ckpt: the training checkpoints whose config holds the fitted satellite-error model; error_seed: which
     draw of that model degrades the frames (iter_cases; one displacement a frame, so 8 frames are only 8
     draws of the largest error term); degradation: another error model instead; routes=(): the baselines
-    and the oracle alone (experiments/oracle.py floor)."""
+    and the oracle alone (experiments/oracle.py floor); coarse_only: the correction stage alone, coarse scores
+    only (a tenth of the time: many error draws), no_correction routes left out."""
     b, f, deg = _bundle_and_errors(bundle, ckpt)
     deg = degradation or deg
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        pipes = {r: Pipeline.from_bundle(b.path if r == "shipped" else one_tile_bundle(b.path, Path(tmp)), device="cpu")
-                 for r in routes}
+        pipes = {r: _pipeline(b.path, r, coarse_only, Path(tmp)) for r in routes
+                 if not (coarse_only and r == "no_correction")}
         for source, t, y, x, frame, lr_frame, sat_frame in iter_cases(data_dir, f, deg, cases, max_windows, seed=error_seed):
             n, ly, lx = SIZE // f, y // f, x // f
             truth = torch.from_numpy(np.ascontiguousarray(frame[y:y + SIZE, x:x + SIZE]))
             lr, sat = lr_frame[ly:ly + n, lx:lx + n], sat_frame[ly:ly + n, lx:lx + n]
             row = {"source": source, "frame": t, "row0": y, "col0": x, "truth_max": float(truth.max()),
-                   "truth_rain": float(truth.sum()),
+                   "truth_rain": float(truth.sum()), "coarse_truth_rain": float(np.nansum(lr)),
+                   "coarse_truth_max": float(np.nanmax(lr)), "sat_rain": float(np.nansum(sat)),
                    "sat_mae": mae(torch.from_numpy(sat), torch.from_numpy(lr)),
                    "sat_bilinear_mae": mae(bilinear(sat, f), truth),
                    # the strongest simple baseline: bilinear of the clean mean-pooled radar
@@ -129,11 +149,14 @@ def run(data_dir, *, members: int = 8, seeds=(0,), bundle=None, ckpt="checkpoint
             for route, pipe in pipes.items():
                 fld = case_field(sat_frame, ly, lx, n, CONTEXT_PX if route == "shipped" else 0)
                 for s in seeds:
-                    row[f"{route}_{s}"] = score(pipe.sample(fld, members=members, seed=s), truth, lr, sat)
+                    res = pipe.sample(fld, members=members, seed=s)
+                    if route == "no_correction":   # the input is the "corrected" field, every member alike
+                        res["corrected_lr"] = np.broadcast_to(sat, (1, members, *sat.shape)).astype(np.float32)
+                    row[f"{route}_{s}"] = score(res, None if coarse_only else truth, lr, sat)
             print(f"heldout_runtime: {source} frame {t} window ({y}, {x}), case {len(rows) + 1}",
                   file=sys.stderr, flush=True)
             rows.append(row)
-    return {"rows": rows, "summary": summarise(rows, seeds, routes), "members": members, "seeds": list(seeds),
+    return {"rows": rows, "summary": summarise(rows, seeds, tuple(pipes)), "coarse_only": coarse_only, "members": members, "seeds": list(seeds),
             "error_seed": error_seed, "model_version": b.manifest.get("model_version")}
 
 
@@ -186,14 +209,23 @@ def summarise(rows: list, seeds, routes=ROUTES) -> dict:
             "fair_crps_over_bilinear_input": ratio_of_sums(col("shift_oracle_fair_crps"), col("sat_bilinear_mae")),
             "fair_crps_over_bilinear_clean": ratio_of_sums(col("shift_oracle_fair_crps"), col("clean_bilinear_mae")),
             "coarse_fair_crps_over_input": ratio_of_sums(col("shift_oracle_coarse_fair_crps"), col("sat_mae"))}
+    if rows and "sat_rain" in rows[0]:
+        out["input"] = {"coarse_rain_over_truth": ratio_of_sums(col("sat_rain"), col("coarse_truth_rain"))}
     for route in routes:
         for s in seeds:
             k = f"{route}_{s}"
-            fair, coarse = [r[k]["fair_crps"] for r in rows], [r[k]["coarse_fair_crps"] for r in rows]
-            out[k] = {"fair_crps_over_bilinear_input": ratio_of_sums(fair, col("sat_bilinear_mae")),
+            got = lambda m: [r[k][m] for r in rows]  # noqa: E731
+            out[k] = {"coarse_fair_crps_over_input": ratio_of_sums(got("coarse_fair_crps"), col("sat_mae")),
+                      "coarse_mean_mae_over_input": ratio_of_sums(got("coarse_mean_mae"), col("sat_mae")),
+                      "coarse_rain_over_truth": ratio_of_sums(got("coarse_rain"), col("coarse_truth_rain")),
+                      "coarse_outside_range": sum(got("coarse_outside")) / len(rows),
+                      "worst_coarse_max_over_truth_max": max(peak_ratio(r[k]["coarse_max"], r["coarse_truth_max"])
+                                                             for r in rows)}
+            if "fair_crps" not in rows[0][k]:
+                continue
+            fair = got("fair_crps")
+            out[k] |= {"fair_crps_over_bilinear_input": ratio_of_sums(fair, col("sat_bilinear_mae")),
                       "fair_crps_over_bilinear_clean": ratio_of_sums(fair, col("clean_bilinear_mae")),
-                      "coarse_fair_crps_over_input": ratio_of_sums(coarse, col("sat_mae")),
-                      "coarse_mean_mae_over_input": ratio_of_sums([r[k]["coarse_mean_mae"] for r in rows], col("sat_mae")),
                       "rain_over_truth": ratio_of_sums([r[k]["rain"] for r in rows], col("truth_rain")),
                       "outside_range": sum(r[k]["outside"] for r in rows) / len(rows),
                       "far_rain_share": ratio_of_sums([r[k]["far_rain"] for r in rows], [r[k]["rain"] for r in rows]),
@@ -217,6 +249,8 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default=None, help="a bundle to score instead of the shipped one")
     ap.add_argument("--panel", default="fit", help=f"comma list of error models to degrade the frames with, each "
                                                    f"scored (experiments/panel.py: {', '.join(PANEL)})")
+    ap.add_argument("--coarse-only", action="store_true",
+                    help="run the correction stage alone and score the coarse field only (many error draws fast)")
     ap.add_argument("--bundle", help=argparse.SUPPRESS)   # the old name, refused with a pointer
     ap.add_argument("--correction-domains", action="store_true",
                     help="score the correction stage alone in each of DOMAINS instead (32 members, each seed)")
@@ -247,8 +281,10 @@ def main(argv=None) -> None:
         draws = {}
         for e in (int(v) for v in args.error_seeds.split(",")):
             res = run(args.data, members=args.members, seeds=seeds, bundle=args.model, ckpt=args.ckpt,
-                      max_windows=args.windows, routes=routes, error_seed=e, degradation=panel_model(name, fitted))
-            stem = "heldout_runtime" + ("" if name == "fit" else f"_{name}") + ("" if not e else f"_e{e}")
+                      max_windows=args.windows, routes=routes, error_seed=e, degradation=panel_model(name, fitted),
+                      coarse_only=args.coarse_only)
+            stem = ("heldout_runtime" + ("_coarse" if args.coarse_only else "") + ("" if name == "fit" else f"_{name}")
+                    + ("" if not e else f"_e{e}"))
             (out / f"{stem}.json").write_text(json.dumps({"panel": name, **res}, indent=1) + "\n")
             draws[e] = res["summary"]
             for k, v in res["summary"].items():

@@ -76,8 +76,14 @@ def test_runtime_route_crop_carries_its_neighbours_and_scores_both_routes():
     (row,) = res["rows"]
     for route in heldout_runtime.ROUTES:
         s = res["summary"][f"{route}_0"]
-        # two members on a light shower: the shipped route helps; both stay physical
-        assert 0.3 < s["fair_crps_over_bilinear_input"] < 1.0 and s["coarse_fair_crps_over_input"] < 1.0
+        # two members on a light shower: the shipped route helps; all stay physical; without the correction
+        # the coarse field is the input (every member alike: its fair CRPS is its MAE)
+        assert 0.3 < s["fair_crps_over_bilinear_input"] < 1.0
+        if route == "no_correction":
+            assert s["coarse_fair_crps_over_input"] == pytest.approx(1.0) == s["coarse_mean_mae_over_input"]
+            assert s["coarse_outside_range"] > 0.5   # one value a pixel: the truth is outside wherever they differ
+        else:
+            assert s["coarse_fair_crps_over_input"] < 1.0
         assert s["worst_p9999_over_truth_max"] <= 2.0 and row[f"{route}_0"]["fair_crps"] > 0
         # issue 33's measures: the corrected mean against the input, the rain kept, the truth outside the members
         assert 0 < s["coarse_mean_mae_over_input"] < 1.5 and 0.3 < s["rain_over_truth"] < 3.0
@@ -88,6 +94,21 @@ def test_runtime_route_crop_carries_its_neighbours_and_scores_both_routes():
     assert 0.1 < o["fair_crps_over_bilinear_input"] < 1.0 and row["shift_oracle_fair_crps"] > 0
     assert o["fair_crps_over_bilinear_clean"] > o["fair_crps_over_bilinear_input"]
     assert 0.1 < o["coarse_fair_crps_over_input"] < 1.0 and row["shift_oracle_coarse_fair_crps"] > 0
+
+
+def test_coarse_only_runs_the_correction_alone_with_the_same_coarse_scores():
+    """--coarse-only (many error draws fast): the correction stage alone, the same coarse scores as the
+    two-stage run, no 1 km ones."""
+    from experiments import heldout_runtime
+    kw = dict(members=2, seeds=(0,), ckpt=CKPT, cases={"fmi/fmi_20170509": (1,)}, max_windows=1, routes=("shipped",))
+    full, coarse = heldout_runtime.run(DATA, **kw), heldout_runtime.run(DATA, coarse_only=True, **kw)
+    f, c = full["summary"]["shipped_0"], coarse["summary"]["shipped_0"]
+    assert "fair_crps_over_bilinear_input" not in c and "fair_crps" not in coarse["rows"][0]["shipped_0"]
+    for k in ("coarse_fair_crps_over_input", "coarse_mean_mae_over_input", "coarse_rain_over_truth",
+              "coarse_outside_range", "worst_coarse_max_over_truth_max"):
+        assert c[k] == pytest.approx(f[k], rel=1e-5), k
+    assert 0.2 < c["coarse_rain_over_truth"] < 3.0 and c["worst_coarse_max_over_truth_max"] > 0.2
+    assert coarse["summary"]["input"]["coarse_rain_over_truth"] > 0
 
 
 def test_over_draws_averages_skill_and_keeps_the_worst_peaks():
