@@ -18,6 +18,7 @@ from precipfast.config import (
     POOLINGS,
     STAGES,
     WIDE_ERROR_PRIOR,
+    AmplitudeConfig,
     DegradationConfig,
     EDMConfig,
     SamplerConfig,
@@ -69,6 +70,17 @@ def _stage_entry(stage: str, denoiser, cfg: dict, cond_names) -> dict:
         # (runtime/sampling/dry.py)
         deg = from_dict(DegradationConfig, data.get("degradation", {}))
         entry["rain_reach_px"] = margin_px(deg, WIDE_ERROR_PRIOR if data.get("error_prior") == "wide" else None)
+    # rules chosen after training on the held-out cases, recorded in the checkpoint's "runtime" section
+    # (runtime/sampling/amplitude.py, dry.py; docs/experiments.md, "The amplitude dilemma")
+    rules = cfg.get("runtime") or {}
+    unknown = set(rules) - {"amplitude", "rain_inside_px"}
+    if unknown or (rules and stage != "correction"):
+        raise ValueError(f"stage {stage!r} config runtime section has {sorted(rules)}; expected amplitude and "
+                         f"rain_inside_px, on the correction stage only")
+    if "amplitude" in rules:
+        entry["amplitude"] = to_dict(from_dict(AmplitudeConfig, rules["amplitude"]))
+    if "rain_inside_px" in rules:
+        entry["rain_inside_px"] = int(rules["rain_inside_px"])
     return entry
 
 

@@ -19,7 +19,16 @@ from functools import cached_property
 from pathlib import Path
 
 from precipfast import _version
-from precipfast.config import POOLINGS, STAGES, EDMConfig, SamplerConfig, TransformConfig, UNetConfig, from_dict
+from precipfast.config import (
+    POOLINGS,
+    STAGES,
+    AmplitudeConfig,
+    EDMConfig,
+    SamplerConfig,
+    TransformConfig,
+    UNetConfig,
+    from_dict,
+)
 from precipfast.denoiser import build_denoiser, load_weights
 from precipfast.errors import EngineMismatchError, PrecipfastError
 from precipfast.runtime.engines.bundle_check import check_closed_world, check_stage_pairs, read_parity_report
@@ -84,6 +93,17 @@ class Bundle:
         (runtime/sampling/dry.py), or None where the bundle does not say."""
         r = self.stage(stage).get("rain_reach_px")
         return None if r is None else int(r)
+
+    def rain_inside(self, stage: str) -> int | None:
+        """Radius (coarse px) of the input square all >= 1 mm/h inside which the stage's members have no dry holes
+        (runtime/sampling/dry.py), or None where the bundle does not say."""
+        r = self.stage(stage).get("rain_inside_px")
+        return None if r is None else int(r)
+
+    def amplitude(self, stage: str) -> AmplitudeConfig | None:
+        """The stage's amplitude rule (runtime/sampling/amplitude.py), or None where the bundle has none (0.3.x)."""
+        a = self.stage(stage).get("amplitude")
+        return None if a is None else from_dict(AmplitudeConfig, a)
 
     def cond_names(self, stage: str) -> tuple[str, ...]:
         return tuple(self.stage(stage)["cond_channels"])
@@ -168,10 +188,14 @@ def _check_stage(root: Path, stage: str, entry: dict, files: dict) -> None:
     from_dict(SamplerConfig, entry["sampler"])
     if "tile" in entry:
         _check_tile(stage, entry["tile"])
-    if "rain_reach_px" in entry:
-        r = entry["rain_reach_px"]
+    for key in ("rain_reach_px", "rain_inside_px"):
+        r = entry.get(key, 0)
         if not (isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= 64):
-            raise ValueError(f"stage {stage!r} rain_reach_px {r!r} is invalid; expected an integer 0-64 (coarse px)")
+            raise ValueError(f"stage {stage!r} {key} {r!r} is invalid; expected an integer 0-64 (coarse px)")
+    if "amplitude" in entry:
+        if stage != "correction" or not isinstance(entry["amplitude"], dict):
+            raise ValueError(f"stage {stage!r} has an amplitude entry; only the correction stage may, as an object")
+        from_dict(AmplitudeConfig, entry["amplitude"])
     names = entry["cond_channels"]
     if len(names) != unet.cond_channels:
         raise ValueError(f"stage {stage!r} lists {len(names)} conditioning channels {names} but its "

@@ -8,7 +8,19 @@
   bundle stage's `rain_reach_px`, train/degrade.py margin_px), so a coarse pixel with no input rain within
   that reach had no rain in any training truth either. Bundles without the key keep the correction as is.
 
-Both are element-wise masks of fields the sampler already holds, the same on every tiling and backend.
+And the converse, wet in, wet out:
+
+- Inside widespread rain the corrected field has no dry holes: where the input rains at least INSIDE_MM_H on
+  every coarse pixel of the (2 R + 1)^2 square around a pixel (R: the bundle stage's `rain_inside_px`), a
+  corrected member below config.WET_MM_H there takes the input's rate. The satellite-error model makes a
+  dry truth pixel under satellite rain only by moving rain over it (a false alarm beside a displaced cell),
+  so the input has dry or light pixels within the displacement's reach of every such pixel: in the
+  correction's training pairs the truth is dry under 3.6 % of the pixels whose 3 x 3 input square rains
+  >= 1 mm/h, 1.2 % with a 5 x 5 square and 0.6 % (training days) / 0.2 % (validation day) with a 7 x 7 one
+  (R = 3, the shipped value). The CRPS generator draws such holes anywhere, also inside winter stratiform
+  rain that has none (docs/experiments.md, failure modes).
+
+All are element-wise masks of fields the sampler already holds, the same on every tiling and backend.
 """
 from __future__ import annotations
 
@@ -27,3 +39,17 @@ def dry_under(dry_coarse: torch.Tensor, factor: int) -> torch.Tensor:
     """(B, 1, H*factor, W*factor) bool: True on the 1 km pixels under a dry coarse pixel (dry_coarse: the
     coarse field <= 0 in working space, i.e. 0 mm/h)."""
     return dry_coarse.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+
+
+INSIDE_MM_H = 1.0   # the input's rate over the whole square that makes a pixel "inside widespread rain"
+
+
+def inside_rain(x: torch.Tensor, radius_px: int, wet: float) -> torch.Tensor:
+    """(1 or B, 1, H, W) bool: True where every pixel of x within radius_px (a (2 radius + 1)^2 square) is at
+    least `wet` (working space); beyond the field its edge is repeated (as in the measurement above: a crop
+    that ends inside rain is inside rain at its edge)."""
+    if radius_px == 0:
+        return x >= wet
+    low = -F.max_pool2d(F.pad(-x.to(torch.float32), (radius_px,) * 4, mode="replicate"), 2 * radius_px + 1,
+                        stride=1)
+    return low >= wet

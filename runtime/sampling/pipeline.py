@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from precipfast.config import STAGES, SamplerConfig
+from precipfast.config import STAGES, WET_MM_H, AmplitudeConfig, SamplerConfig
 from precipfast.errors import InputFormatError, SamplingError
 from precipfast.grid import upsample
 from precipfast.kernels.heun_residual import get_step_impl, step_impl_name
@@ -27,8 +27,8 @@ from precipfast.runtime.engines.bundle import default_bundle_path, open_bundle
 from precipfast.runtime.engines.device import resolve_device
 from precipfast.runtime.files.rates import rate_problem
 from precipfast.runtime.files.reader import expected_pixel_check
-from precipfast.runtime.sampling import guard, memory
-from precipfast.runtime.sampling.dry import dry_under, within_reach
+from precipfast.runtime.sampling import amplitude, guard, memory
+from precipfast.runtime.sampling.dry import INSIDE_MM_H, dry_under, inside_rain, within_reach
 from precipfast.runtime.sampling.ensemble import Tiling, evaluations, images, sample_ensemble
 from precipfast.transform import forward, inverse
 
@@ -42,6 +42,8 @@ class StageRun:
     tiling: Tiling
     cond_names: tuple[str, ...]
     rain_reach: int | None = None    # coarse px: beyond them from input rain the stage's output is dry (dry.py)
+    amplitude: AmplitudeConfig | None = None   # the correction keeps the input's rain (amplitude.py)
+    rain_inside: int | None = None   # coarse px: inside rain this wide the stage's members have no dry holes (dry.py)
 
 
 class Pipeline:
@@ -84,7 +86,8 @@ class Pipeline:
                                      torch_compile=opts.torch_compile, cuda_graphs=opts.cuda_graphs)
             backend = get_backend(name, bundle, s, dev, options=options)
             runs[s] = StageRun(s, backend, bundle.sampler(s), Tiling(tile, overlap, mb),
-                               tuple(bundle.cond_names(s)), bundle.rain_reach(s))
+                               tuple(bundle.cond_names(s)), bundle.rain_reach(s), bundle.amplitude(s),
+                               bundle.rain_inside(s))
         return cls(bundle, runs, dev, name, opts, budget, step_impl_name(dev))
 
     # ------------------------------------------------------------------ sampling
@@ -190,6 +193,8 @@ class Pipeline:
         size = memory.member_group_size(h * w * (f * f if down else 1), self.budget_bytes, self.step_name)
         # no rain beyond the correction's reach from input rain (dry.py): one mask for every group
         beyond = ~within_reach(x_wide, corr.rain_reach) if corr and corr.rain_reach is not None else None
+        inside = (inside_rain(x_wide, corr.rain_inside, self._working(INSIDE_MM_H))
+                  if corr and corr.rain_inside is not None else None)
         for group in _groups(ids, size):
             if corr:
                 cond = self._cond(corr, x_wide, aux, lr_grid=True)
@@ -199,6 +204,10 @@ class Pipeline:
                                          on_images=_tick(progress, "correction"))
                 if beyond is not None:
                     x_corr = x_corr.masked_fill(beyond, 0.0)
+                if inside is not None:   # no dry holes inside widespread rain: the input's rate there
+                    x_corr = torch.where(inside & (x_corr < self._working(WET_MM_H)), x_wide, x_corr)
+                if corr.amplitude is not None:   # on the whole domain, before the crop: windows see the neighbours
+                    x_corr = self._keep_rain(x_corr, x_wide, corr.amplitude)
                 x_corr = x_corr[:, :, inner[0], inner[1]]
             else:
                 x_corr = x_sat.expand(len(group), 1, h, w)
@@ -222,6 +231,14 @@ class Pipeline:
             guard.check_members(precip, lr, f if down else 1, self.guard_ratio, reach=2 if corr and down else 1,
                                 what=" + ".join(self.stages) + " ensemble")
             yield {"members": group, "precip": precip, "corrected_lr": corrected}
+
+    def _working(self, mm_h: float) -> float:
+        return float(forward(torch.tensor(mm_h, dtype=torch.float64), self.transform))
+
+    def _keep_rain(self, x_corr, x_input, amp):
+        """The amplitude rule (amplitude.py) on corrected members in working space, through mm/h."""
+        kept = amplitude.keep_rain(inverse(x_corr, self.transform), inverse(x_input, self.transform), amp)
+        return forward(kept, self.transform).to(x_corr.dtype)
 
     def images_per_field(self, height: int, width: int, members: int, steps: int | None = None,
                          context=None) -> int:

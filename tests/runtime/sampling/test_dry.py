@@ -10,7 +10,7 @@ import torch
 import precipfast
 from precipfast.errors import EngineMismatchError
 from precipfast.runtime.engines.bundle import open_bundle
-from precipfast.runtime.sampling.dry import dry_under, within_reach
+from precipfast.runtime.sampling.dry import dry_under, inside_rain, within_reach
 
 
 def test_within_reach_is_a_square_around_each_wet_pixel():
@@ -58,12 +58,45 @@ def test_dry_input_gives_dry_members_and_rain_stays_within_reach(shipped_bundle)
     assert res["precip"][under].max() == 0 and res["precip"][~under].max() > 0
 
 
-@pytest.mark.parametrize("value", [-1, 65, 2.5, True, "9"])
-def test_a_bad_rain_reach_is_refused(shipped_bundle, tmp_path, value):
+def test_inside_rain_needs_the_whole_square_wet():
+    x = torch.full((1, 1, 9, 9), 2.0)
+    x[0, 0, 4, 7] = 0.5
+    inside = inside_rain(x, 1, 1.0)[0, 0]
+    assert inside[0].all() and inside[:, 0].all()                # the field's edge is repeated beyond it
+    assert not inside[3:6, 6:9].any() and inside[:3].all() and inside[6:].all() and inside[3:6, :6].all()
+    assert torch.equal(inside_rain(x, 0, 1.0)[0, 0], x[0, 0] >= 1.0)
+
+
+def _with(shipped_bundle, tmp_path, **entry):
     copy = tmp_path / "b"
     shutil.copytree(shipped_bundle, copy)
     m = json.loads((copy / "manifest.json").read_text())
-    m["stages"]["correction"]["rain_reach_px"] = value
+    for k, v in entry.items():
+        if v is None:
+            m["stages"]["correction"].pop(k, None)
+        else:
+            m["stages"]["correction"][k] = v
     (copy / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(EngineMismatchError, match="rain_reach_px .* is invalid; expected an integer 0-64"):
-        open_bundle(copy)
+    return copy
+
+
+def test_no_dry_holes_inside_widespread_rain(shipped_bundle, tmp_path):
+    """Uniform 2-3 mm/h stratiform rain: without the rule the generator punches dry 10 km holes into some
+    members; with rain_inside_px 3 none is (the whole 7 x 7 input square rains >= 1 mm/h everywhere)."""
+    torch.set_num_threads(1)
+    yy, xx = np.mgrid[:24, :24]
+    field = 2.5 + 0.5 * np.sin(yy / 2.0) * np.cos(xx / 3.0)
+    plain = precipfast.Pipeline.from_bundle(_with(shipped_bundle, tmp_path, rain_inside_px=None), device="cpu",
+                                            backend="torch", stages=("correction",))
+    holes = (_sample(plain, field, members=16)["corrected_lr"] < 0.1).sum()
+    ruled = precipfast.Pipeline.from_bundle(_with(shipped_bundle, tmp_path / "r", rain_inside_px=3), device="cpu",
+                                            backend="torch", stages=("correction",))
+    got = _sample(ruled, field, members=16)["corrected_lr"]
+    assert holes > 0 and (got < 0.1).sum() == 0, holes
+
+
+@pytest.mark.parametrize("key", ["rain_reach_px", "rain_inside_px"])
+@pytest.mark.parametrize("value", [-1, 65, 2.5, True, "9"])
+def test_a_bad_rain_reach_is_refused(shipped_bundle, tmp_path, key, value):
+    with pytest.raises(EngineMismatchError, match=f"{key} .* is invalid; expected an integer 0-64"):
+        open_bundle(_with(shipped_bundle, tmp_path, **{key: value}))
