@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from precipfast.config import DataConfig, TrainConfig, to_dict
+from precipfast.config import AmplitudeConfig, DataConfig, TrainConfig, to_dict
 from precipfast.errors import EngineMismatchError, InputFormatError, OutputError
 from precipfast.export import bundle as export_bundle
 from precipfast.export.bundle import export_checkpoints, write_bundle
@@ -179,6 +179,17 @@ def test_export_checkpoints(stages, tmp_path):
     (tmp_path / "correction" / "config.json").write_text(json.dumps(cfg))
     wide = export_checkpoints(dirs, tmp_path / "bundle_wide", onnx=False, parity=False)
     assert open_bundle(wide).rain_reach("correction") == 13
+    assert open_bundle(wide).amplitude("correction") is None and open_bundle(wide).rain_inside("correction") is None
+    # the rules chosen after training (the checkpoint's runtime section) go into the manifest
+    cfg["runtime"] = {"amplitude": {"keep": 1.0, "window_px": 4.0, "max_gain": 4.0}, "rain_inside_px": 3}
+    (tmp_path / "correction" / "config.json").write_text(json.dumps(cfg))
+    ruled = open_bundle(export_checkpoints(dirs, tmp_path / "bundle_ruled", onnx=False, parity=False))
+    assert ruled.amplitude("correction") == AmplitudeConfig(1.0, 4.0, 4.0) and ruled.rain_inside("correction") == 3
+    cfg["runtime"]["spread"] = 1
+    (tmp_path / "correction" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="runtime section has .*'spread'.*; expected amplitude and rain_inside_px"):
+        export_checkpoints(dirs, tmp_path / "bundle3", onnx=False, parity=False)
+    del cfg["runtime"]
     cfg["data"]["pooling"] = "max"
     (tmp_path / "correction" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(InputFormatError, match="disagree on data.pooling"):
