@@ -36,7 +36,7 @@ from precipfast.runtime.files.reader import CONTEXT_PX, Context, InputField
 from precipfast.runtime.sampling.dry import within_reach
 from precipfast.runtime.sampling.pipeline import Pipeline
 from precipfast.verify.baselines import bilinear
-from precipfast.verify.scores import fair_crps, mae, peak_ratio, ratio_of_sums
+from precipfast.verify.scores import fair_crps, mae, peak_ratio, rank_histogram, ratio_of_sums
 
 ROUTES = ("shipped", "one_tile_no_context", "no_correction")
 # shipped: the bundle as `precipfast sample --bbox` runs it; one_tile_no_context: 0.3.1's route (the correction in
@@ -75,6 +75,7 @@ def score_coarse(corr: torch.Tensor, lr_t: torch.Tensor) -> dict:
     return {"coarse_fair_crps": float(fair_crps(corr, lr_t).mean()),
             "coarse_mean_mae": mae(corr.mean(0), lr_t),                # the corrected field's ensemble mean
             "coarse_rain": float(corr.mean(0).sum()), "coarse_outside": outside_range(corr, lr_t),
+            "coarse_rank_hist": rank_histogram(corr, lr_t).tolist(),   # the truth's rank, ties split at random
             "coarse_max": float(corr.max())}
 
 
@@ -92,6 +93,7 @@ def score(res: dict, truth: torch.Tensor | None, lr: np.ndarray, sat: np.ndarray
         far = {"far_rain": float(ens[:, far_fine].sum() / ens.shape[0]), "far_max": float(ens[:, far_fine].max())
                if far_fine.any() else 0.0}
     return {"fair_crps": float(fair_crps(ens, truth).mean()), **score_coarse(corr, lr_t),
+            "rank_hist": rank_histogram(ens, truth).tolist(),
             "rain": float(ens.mean(0).sum()),                          # the ensemble's total rain (mean member)
             "outside": outside_range(ens, truth), **far,
             "p9999": float(torch.quantile(ens.flatten().double(), 0.9999)), "max": float(ens.max())}
@@ -219,6 +221,7 @@ def summarise(rows: list, seeds, routes=ROUTES) -> dict:
                       "coarse_mean_mae_over_input": ratio_of_sums(got("coarse_mean_mae"), col("sat_mae")),
                       "coarse_rain_over_truth": ratio_of_sums(got("coarse_rain"), col("coarse_truth_rain")),
                       "coarse_outside_range": sum(got("coarse_outside")) / len(rows),
+                      "coarse_rank_histogram": _shares(got("coarse_rank_hist")),
                       "worst_coarse_max_over_truth_max": max(peak_ratio(r[k]["coarse_max"], r["coarse_truth_max"])
                                                              for r in rows)}
             if "fair_crps" not in rows[0][k]:
@@ -228,6 +231,7 @@ def summarise(rows: list, seeds, routes=ROUTES) -> dict:
                       "fair_crps_over_bilinear_clean": ratio_of_sums(fair, col("clean_bilinear_mae")),
                       "rain_over_truth": ratio_of_sums([r[k]["rain"] for r in rows], col("truth_rain")),
                       "outside_range": sum(r[k]["outside"] for r in rows) / len(rows),
+                      "rank_histogram": _shares(got("rank_hist")),
                       "far_rain_share": ratio_of_sums([r[k]["far_rain"] for r in rows], [r[k]["rain"] for r in rows]),
                       "worst_far_max": max(r[k]["far_max"] for r in rows),
                       "worst_p9999_over_truth_max": max(peak_ratio(r[k]["p9999"], r["truth_max"]) for r in rows),
@@ -288,10 +292,21 @@ def main(argv=None) -> None:
             (out / f"{stem}.json").write_text(json.dumps({"panel": name, **res}, indent=1) + "\n")
             draws[e] = res["summary"]
             for k, v in res["summary"].items():
-                print(f"{name}, error draw {e}:", k, " ".join(f"{m} {x:.3f}" for m, x in v.items()), flush=True)
+                print(f"{name}, error draw {e}:", k, _line(v), flush=True)
         if len(draws) > 1:
             for k, v in over_draws(draws).items():
-                print(f"{name}, over {len(draws)} draws:", k, " ".join(f"{m} {x:.3f}" for m, x in v.items()))
+                print(f"{name}, over {len(draws)} draws:", k, _line(v))
+
+
+def _line(metrics: dict) -> str:
+    return " ".join(f"{m} " + (" ".join(f"{y:.3f}" for y in x) if isinstance(x, list) else f"{x:.3f}")
+                    for m, x in metrics.items())
+
+
+def _shares(hists: list) -> list:
+    """Summed rank histograms as shares of their pixels (a calibrated ensemble: 1 / (E + 1) each)."""
+    total = np.sum(hists, axis=0)
+    return (total / total.sum()).round(4).tolist()
 
 
 def over_draws(draws: dict) -> dict:
@@ -303,7 +318,8 @@ def over_draws(draws: dict) -> dict:
         out[k] = {}
         for m in metrics:
             xs = [d[k][m] for d in rows]
-            out[k][m] = max(xs) if m.startswith("worst") else sum(xs) / len(xs)
+            out[k][m] = (max(xs) if m.startswith("worst") else np.mean(xs, axis=0).round(4).tolist()
+                         if isinstance(xs[0], list) else sum(xs) / len(xs))
     return out
 
 

@@ -163,8 +163,6 @@ class AmplitudeConfig:
     keep: float = 1.0             # the member's rain over the input's in every window
     window_px: float = 4.0        # Gaussian window std, coarse px
     max_gain: float = 4.0         # the largest factor a window's rain is scaled by (1 / max_gain the smallest)
-    peak_cap: float = 0.0         # > 0: no member pixel above peak_cap x the input's largest rate within
-                                  # round(window_px) px (a (2 r + 1)^2 square); 0: no cap
 
     def __post_init__(self):
         num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
@@ -173,8 +171,6 @@ class AmplitudeConfig:
         _check(0.25 <= self.keep <= 4, f"amplitude.keep must be in [0.25, 4], got {self.keep}")
         _check(0.5 <= self.window_px <= 64, f"amplitude.window_px must be in [0.5, 64], got {self.window_px}")
         _check(1 <= self.max_gain <= 100, f"amplitude.max_gain must be in [1, 100], got {self.max_gain}")
-        _check(self.peak_cap == 0 or 0.5 <= self.peak_cap <= 100,
-               f"amplitude.peak_cap must be 0 (none) or in [0.5, 100], got {self.peak_cap}")
 
 
 # The ranges a training crop draws its own satellite-error model from under `DataConfig.error_prior` "wide"

@@ -51,11 +51,6 @@ def keep_rain(members: torch.Tensor, reference: torch.Tensor, amp: AmplitudeConf
     have = window_sum(members, amp.window_px)
     gain = torch.where(have > 0, want / have.clamp_min(1e-30), torch.ones_like(have))
     gain = gain.clamp(1.0 / amp.max_gain, amp.max_gain)
-    kept = members.to(torch.float64) * gain
-    if amp.peak_cap > 0:
-        r = max(1, round(amp.window_px))
-        top = F.max_pool2d(F.pad(reference.to(torch.float64), (r,) * 4, mode="replicate"), 2 * r + 1, stride=1)
-        kept = torch.minimum(kept, amp.peak_cap * top)
-    return kept.to(members.dtype)
+    return (members.to(torch.float64) * gain).to(members.dtype)
 
 

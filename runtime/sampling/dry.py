@@ -12,7 +12,10 @@ And the converse, wet in, wet out:
 
 - Inside widespread rain the corrected field has no dry holes: where the input rains at least INSIDE_MM_H on
   every coarse pixel of the (2 R + 1)^2 square around a pixel (R: the bundle stage's `rain_inside_px`), a
-  corrected member below config.WET_MM_H there takes the input's rate. The satellite-error model makes a
+  corrected member below config.WET_MM_H there is filled from the member itself: the mean (working space)
+  of its 3 x 3 neighbours that are not holes, or the input's rate where all eight are (filling with the
+  input's rate instead put the satellite's peak into holes at cell cores: 1 km p99.99 up to 3.6x the
+  truth's maximum on the held-out cases, against 2.7x). The satellite-error model makes a
   dry truth pixel under satellite rain only by moving rain over it (a false alarm beside a displaced cell),
   so the input has dry or light pixels within the displacement's reach of every such pixel: in the
   correction's training pairs the truth is dry under 3.6 % of the pixels whose 3 x 3 input square rains
@@ -53,3 +56,16 @@ def inside_rain(x: torch.Tensor, radius_px: int, wet: float) -> torch.Tensor:
     low = -F.max_pool2d(F.pad(-x.to(torch.float32), (radius_px,) * 4, mode="replicate"), 2 * radius_px + 1,
                         stride=1)
     return low >= wet
+
+
+def fill_holes(x: torch.Tensor, holes: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """x (E, 1, H, W) working space with each `holes` pixel set to the mean of its 3 x 3 neighbours that are
+    not holes (edges repeated), or to `fallback` (broadcast to x) where every neighbour is a hole."""
+    if not holes.any():
+        return x
+    good = (~holes).to(x.dtype)
+    pad = lambda v: F.pad(v, (1, 1, 1, 1), mode="replicate")  # noqa: E731
+    total = F.avg_pool2d(pad(x * good), 3, stride=1)
+    count = F.avg_pool2d(pad(good), 3, stride=1)
+    filled = torch.where(count > 0, total / count.clamp_min(1e-12), fallback.expand_as(x))
+    return torch.where(holes, filled, x)

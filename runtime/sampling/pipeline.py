@@ -28,7 +28,7 @@ from precipfast.runtime.engines.device import resolve_device
 from precipfast.runtime.files.rates import rate_problem
 from precipfast.runtime.files.reader import expected_pixel_check
 from precipfast.runtime.sampling import amplitude, guard, memory
-from precipfast.runtime.sampling.dry import INSIDE_MM_H, dry_under, inside_rain, within_reach
+from precipfast.runtime.sampling.dry import INSIDE_MM_H, dry_under, fill_holes, inside_rain, within_reach
 from precipfast.runtime.sampling.ensemble import Tiling, evaluations, images, sample_ensemble
 from precipfast.transform import forward, inverse
 
@@ -204,8 +204,8 @@ class Pipeline:
                                          on_images=_tick(progress, "correction"))
                 if beyond is not None:
                     x_corr = x_corr.masked_fill(beyond, 0.0)
-                if inside is not None:   # no dry holes inside widespread rain: the input's rate there
-                    x_corr = torch.where(inside & (x_corr < self._working(WET_MM_H)), x_wide, x_corr)
+                if inside is not None:   # no dry holes inside widespread rain: filled from the member (dry.py)
+                    x_corr = fill_holes(x_corr, inside & (x_corr < self._working(WET_MM_H)), x_wide)
                 if corr.amplitude is not None:   # on the whole domain, before the crop: windows see the neighbours
                     x_corr = self._keep_rain(x_corr, x_wide, corr.amplitude)
                 x_corr = x_corr[:, :, inner[0], inner[1]]

@@ -109,13 +109,20 @@ def test_coarse_only_runs_the_correction_alone_with_the_same_coarse_scores():
         assert c[k] == pytest.approx(f[k], rel=1e-5), k
     assert 0.2 < c["coarse_rain_over_truth"] < 3.0 and c["worst_coarse_max_over_truth_max"] > 0.2
     assert coarse["summary"]["input"]["coarse_rain_over_truth"] > 0
+    # the truth's rank among the 2 members (Talagrand): 3 shares summing to 1, the same as the full run's
+    hist = c["coarse_rank_histogram"]
+    assert len(hist) == 3 and sum(hist) == pytest.approx(1.0, abs=1e-3) and hist == pytest.approx(f["coarse_rank_histogram"], abs=0.01)
+    assert len(f["rank_histogram"]) == 3 and sum(f["rank_histogram"]) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_over_draws_averages_skill_and_keeps_the_worst_peaks():
     from experiments.heldout_runtime import over_draws
-    got = over_draws({0: {"shipped_0": {"fair_crps_over_bilinear_input": 0.5, "worst_p9999_over_truth_max": 2.1}},
-                      3: {"shipped_0": {"fair_crps_over_bilinear_input": 0.6, "worst_p9999_over_truth_max": 1.5}}})
-    assert got == {"shipped_0": {"fair_crps_over_bilinear_input": 0.55, "worst_p9999_over_truth_max": 2.1}}
+    got = over_draws({0: {"shipped_0": {"fair_crps_over_bilinear_input": 0.5, "worst_p9999_over_truth_max": 2.1,
+                                        "rank_histogram": [0.2, 0.8]}},
+                      3: {"shipped_0": {"fair_crps_over_bilinear_input": 0.6, "worst_p9999_over_truth_max": 1.5,
+                                        "rank_histogram": [0.4, 0.6]}}})
+    assert got == {"shipped_0": {"fair_crps_over_bilinear_input": 0.55, "worst_p9999_over_truth_max": 2.1,
+                                 "rank_histogram": [0.3, 0.7]}}
 
 
 def test_correction_domains_score_each_domain_by_ring():

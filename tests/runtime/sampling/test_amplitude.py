@@ -53,19 +53,6 @@ def test_keep_rain_bounds_the_gain_and_keeps_a_dry_window_dry():
     assert torch.allclose(half, torch.full_like(half, 1.0)) and half.dtype == torch.float32
 
 
-def test_peak_cap_bounds_members_by_the_input_s_nearby_peak():
-    ref = torch.zeros(1, 1, 20, 20, dtype=torch.float64)
-    ref[0, 0, 5, 5] = 8.0
-    ref[0, 0, 15, 15] = 2.0
-    members = torch.zeros(1, 1, 20, 20, dtype=torch.float64)
-    members[0, 0, 6, 6] = 30.0          # beside the 8 mm/h pixel: capped at 1.5 x 8
-    members[0, 0, 14, 14] = 30.0        # beside the 2 mm/h pixel: capped at 1.5 x 2
-    amp = AmplitudeConfig(keep=1.0, window_px=2.0, max_gain=1.0, peak_cap=1.5)   # max_gain 1: no rescaling
-    kept = keep_rain(members, ref, amp)[0, 0]
-    assert kept[6, 6] == 12.0 and kept[14, 14] == 3.0 and kept.sum() == 15.0
-    assert torch.equal(keep_rain(members, ref, AmplitudeConfig(1.0, 2.0, 1.0)), members)   # peak_cap 0: none
-
-
 def _with_amplitude(shipped_bundle, tmp_path, amp, name="b"):
     """A copy of the shipped bundle whose correction has `amp` as its amplitude entry (None: none, as 0.3.x)."""
     copy = tmp_path / name
@@ -108,7 +95,6 @@ def test_the_pipeline_keeps_the_input_s_rain_on_any_batch(shipped_bundle, tmp_pa
     ({"keep": 1.0, "window_px": float("nan"), "max_gain": 4.0}, "finite numbers"),
     ({"keep": 1.0, "window_px": 4.0, "max_gain": 0.5}, r"amplitude.max_gain must be in \[1, 100\]"),
     ({"keep": True, "window_px": 4.0, "max_gain": 4.0}, "finite numbers"),
-    ({"keep": 1.0, "window_px": 4.0, "max_gain": 4.0, "peak_cap": 0.2}, r"peak_cap must be 0 \(none\) or in"),
     ([1.0, 4.0, 4.0], "only the correction stage may, as an object"),
 ])
 def test_a_bad_amplitude_entry_is_refused(shipped_bundle, tmp_path, amp, why):

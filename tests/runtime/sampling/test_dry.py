@@ -10,7 +10,7 @@ import torch
 import precipfast
 from precipfast.errors import EngineMismatchError
 from precipfast.runtime.engines.bundle import open_bundle
-from precipfast.runtime.sampling.dry import dry_under, inside_rain, within_reach
+from precipfast.runtime.sampling.dry import dry_under, fill_holes, inside_rain, within_reach
 
 
 def test_within_reach_is_a_square_around_each_wet_pixel():
@@ -65,6 +65,19 @@ def test_inside_rain_needs_the_whole_square_wet():
     assert inside[0].all() and inside[:, 0].all()                # the field's edge is repeated beyond it
     assert not inside[3:6, 6:9].any() and inside[:3].all() and inside[6:].all() and inside[3:6, :6].all()
     assert torch.equal(inside_rain(x, 0, 1.0)[0, 0], x[0, 0] >= 1.0)
+
+
+def test_fill_holes_takes_the_member_s_own_neighbours():
+    x = torch.full((2, 1, 5, 5), 1.0)
+    x[0, 0, 2, 3] = 3.0
+    holes = torch.zeros(2, 1, 5, 5, dtype=torch.bool)
+    holes[0, 0, 2, 2] = True                      # one hole: the mean of its 8 neighbours (one of them 3.0)
+    holes[1, 0, 1:4, 1:4] = True                  # a 3 x 3 hole: its centre has no good neighbour
+    fallback = torch.full((1, 1, 5, 5), 7.0)
+    got = fill_holes(x.masked_fill(holes, 0.0), holes, fallback)
+    assert got[0, 0, 2, 2].item() == pytest.approx(10.0 / 8) and got[1, 0, 2, 2] == 7.0
+    assert got[1, 0, 1, 1] == 1.0 and torch.equal(got[~holes], x[~holes])      # the rest untouched
+    assert fill_holes(x, torch.zeros_like(holes), fallback) is x
 
 
 def _with(shipped_bundle, tmp_path, **entry):
