@@ -13,7 +13,8 @@ alone: each corrected member is rescaled so that, in every Gaussian window of `w
 blur, noise, missed light rain: what the field reveals), not add or remove it at scales beyond the window.
 This is the multiplicative constraint layer of Harder et al. (2023, "Hard-constrained deep learning for
 climate downscaling", JMLR 24, eq. 3), with a smooth window instead of the coarse pixel. The gain is bounded
-to [1 / max_gain, max_gain]; where a member has no rain in a window it stays dry.
+to [1 / max_gain, max_gain]; where a member has no rain in a window it stays dry, and raising rain never
+lifts a pixel above both its own value and the input's largest rate within the window's radius.
 
 The rule is element-wise per member (each member's windows against the input's), so a member depends on its
 own noise only: the same on any batch, tiling or backend.
@@ -51,6 +52,13 @@ def keep_rain(members: torch.Tensor, reference: torch.Tensor, amp: AmplitudeConf
     have = window_sum(members, amp.window_px)
     gain = torch.where(have > 0, want / have.clamp_min(1e-30), torch.ones_like(have))
     gain = gain.clamp(1.0 / amp.max_gain, amp.max_gain)
-    return (members.to(torch.float64) * gain).to(members.dtype)
+    scaled = members.to(torch.float64) * gain
+    # raising rain never lifts a pixel above the input's largest rate within the window's radius (nor its own
+    # value): without this the gain multiplied the generator's peaks (corrected 10 km peaks of 142 mm/h from a
+    # 45.5 mm/h IMERG box, 1 km members of 278 mm/h)
+    r = max(1, round(amp.window_px))
+    top = F.max_pool2d(F.pad(reference.to(torch.float64), (r,) * 4, mode="replicate"), 2 * r + 1, stride=1)
+    raised = torch.minimum(scaled, torch.maximum(members.to(torch.float64), top))
+    return torch.where(gain > 1, raised, scaled).to(members.dtype)
 
 

@@ -27,7 +27,9 @@ def test_window_sum_is_a_normalised_gaussian_mean():
 def test_keep_rain_gives_each_member_the_input_s_rain_in_every_window():
     gen = torch.Generator().manual_seed(0)
     ref = torch.rand(1, 1, 40, 40, generator=gen, dtype=torch.float64) * 5
-    members = ref * torch.rand(3, 1, 40, 40, generator=gen, dtype=torch.float64) * 0.7   # each too dry, unevenly
+    yy = torch.arange(40, dtype=torch.float64).view(1, 1, 40, 1)
+    members = ref * (0.4 + 0.2 * torch.sin(yy / 7 + torch.arange(3, dtype=torch.float64).view(3, 1, 1, 1)))
+    members = members.expand(3, 1, 40, 40).clone()                     # each too dry, unevenly
     amp = AmplitudeConfig(keep=1.0, window_px=3.0, max_gain=100.0)
     kept = keep_rain(members, ref, amp)
     # every window of every member now holds the input's rain (to the smoothness of the gain field)
@@ -51,6 +53,20 @@ def test_keep_rain_bounds_the_gain_and_keeps_a_dry_window_dry():
     half = keep_rain(torch.full((1, 1, 8, 8), 2.0), torch.full((1, 1, 8, 8), 2.0),
                      AmplitudeConfig(keep=0.5, window_px=1.0, max_gain=4.0))
     assert torch.allclose(half, torch.full_like(half, 1.0)) and half.dtype == torch.float32
+
+
+def test_raising_rain_lifts_no_pixel_above_the_input_s_nearby_peak():
+    """The gain restores a window's rain, but a raised pixel stays below the input's largest rate within the
+    window's radius (or its own value, if the network put it higher): the rule moves no new peaks in."""
+    ref = torch.full((1, 1, 20, 20), 2.0, dtype=torch.float64)
+    ref[0, 0, 5, 5] = 6.0
+    members = torch.full((2, 1, 20, 20), 0.5, dtype=torch.float64)
+    members[0, 0, 14, 14] = 1.9          # raised 4x it would be 7.6: held at the local input max 2.0
+    members[1, 0, 14, 14] = 9.0          # the network's own peak above the input's: raised no further than 9.0
+    kept = keep_rain(members, ref, AmplitudeConfig(keep=1.0, window_px=2.0, max_gain=4.0))
+    assert kept[0, 0, 14, 14] == 2.0 and kept[1, 0, 14, 14] == 9.0
+    assert kept[0, 0, 5, 5].item() == pytest.approx(2.0)      # 0.5 raised 4x, under the 6.0 peak nearby
+    assert kept.max() <= 9.0 and (kept[0] <= 6.0).all()
 
 
 def _with_amplitude(shipped_bundle, tmp_path, amp, name="b"):
