@@ -24,7 +24,8 @@ def configs(stage: str, kind: str | None = None) -> dict:
     data = DataConfig()
     if stage == "downscaling":
         return dict(unet=UNetConfig(model_channels=16, channel_mult=(1, 2, 2), attn_levels=(2,)),
-                    edm=EDMConfig(), sampler=SamplerConfig(num_steps=8, sigma_max=4.0, rho=3.0), data=data,
+                    edm=EDMConfig(), data=data,
+                    sampler=SamplerConfig(num_steps=8, sigma_max=4.0, rho=3.0, noise_clip=2.5),   # the shipped sampler
                     train=TrainConfig(stage=stage, iterations=2500, batch_size=16, learning_rate=2e-3,
                                       warmup_iterations=100, ema_halflife_iterations=200, val_every=500,
                                       checkpoint_every=250, threads=1))
