@@ -151,15 +151,13 @@ def run(data_dir, *, members: int = 8, seeds=(0,), bundle=None, ckpt="checkpoint
             for route, pipe in pipes.items():
                 fld = case_field(sat_frame, ly, lx, n, CONTEXT_PX if route == "shipped" else 0)
                 for s in seeds:
-                    res = pipe.sample(fld, members=members, seed=s)
-                    if route == "no_correction":   # the input is the "corrected" field, every member alike
-                        res["corrected_lr"] = np.broadcast_to(sat, (1, members, *sat.shape)).astype(np.float32)
+                    res = pipe.sample(fld, members=members, seed=s)   # no_correction: corrected_lr is the input
                     row[f"{route}_{s}"] = score(res, None if coarse_only else truth, lr, sat)
             print(f"heldout_runtime: {source} frame {t} window ({y}, {x}), case {len(rows) + 1}",
                   file=sys.stderr, flush=True)
             rows.append(row)
-    return {"rows": rows, "summary": summarise(rows, seeds, tuple(pipes)), "coarse_only": coarse_only, "members": members, "seeds": list(seeds),
-            "error_seed": error_seed, "model_version": b.manifest.get("model_version")}
+    return {"rows": rows, "summary": summarise(rows, seeds, tuple(pipes)), "coarse_only": coarse_only,
+            "members": members, "seeds": list(seeds), "error_seed": error_seed, "model_version": b.manifest.get("model_version")}
 
 
 # The correction stage's domain: coarse pixels of the frame around the crop, and the tile it runs in

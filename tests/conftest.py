@@ -1,5 +1,7 @@
 """Suite-wide fixtures: where the shared data lives, and a tiny two-stage bundle with random weights."""
+import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,24 @@ def shipped_bundle():
     if not (SHIPPED / "manifest.json").is_file():
         pytest.skip(f"no shipped bundle at {SHIPPED}")
     return SHIPPED
+
+
+@pytest.fixture
+def shipped_with(shipped_bundle, tmp_path):
+    """shipped_with(name, **entries) -> a copy of the shipped bundle whose correction stage's manifest entries are
+    replaced by `entries` (None removes one), e.g. shipped_with("plain", amplitude=None)."""
+    def make(name="b", **entries):
+        copy = tmp_path / name
+        shutil.copytree(shipped_bundle, copy)
+        m = json.loads((copy / "manifest.json").read_text())
+        for k, v in entries.items():
+            if v is None:
+                m["stages"]["correction"].pop(k, None)
+            else:
+                m["stages"]["correction"][k] = v
+        (copy / "manifest.json").write_text(json.dumps(m))
+        return copy
+    return make
 
 
 def _tiny_stage(seed, attn=(1,), kind="edm"):

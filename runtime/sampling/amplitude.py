@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from precipfast.config import AmplitudeConfig
 
 
-def window_sum(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
+def window_mean(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
     """(B, 1, H, W) -> the Gaussian-weighted mean around each pixel (std sigma_px), over the pixels inside the
     field only (the weights are renormalised at the border), computed separably in float64."""
     radius = max(1, math.ceil(3 * sigma_px))
@@ -47,9 +47,9 @@ def window_sum(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
 
 def keep_rain(members: torch.Tensor, reference: torch.Tensor, amp: AmplitudeConfig) -> torch.Tensor:
     """members (E, 1, H, W) and the input (1, 1, H, W), both mm/h >= 0 (missing pixels as 0) -> members scaled
-    so each holds amp.keep times the input's rain in every window (module docstring, step 1)."""
-    want = amp.keep * window_sum(reference, amp.window_px)
-    have = window_sum(members, amp.window_px)
+    so each holds amp.keep times the input's rain in every window (module docstring)."""
+    want = amp.keep * window_mean(reference, amp.window_px)
+    have = window_mean(members, amp.window_px)
     gain = torch.where(have > 0, want / have.clamp_min(1e-30), torch.ones_like(have))
     gain = gain.clamp(1.0 / amp.max_gain, amp.max_gain)
     scaled = members.to(torch.float64) * gain
@@ -60,5 +60,3 @@ def keep_rain(members: torch.Tensor, reference: torch.Tensor, amp: AmplitudeConf
     top = F.max_pool2d(F.pad(reference.to(torch.float64), (r,) * 4, mode="replicate"), 2 * r + 1, stride=1)
     raised = torch.minimum(scaled, torch.maximum(members.to(torch.float64), top))
     return torch.where(gain > 1, raised, scaled).to(members.dtype)
-
-

@@ -195,6 +195,8 @@ class Pipeline:
         beyond = ~within_reach(x_wide, corr.rain_reach) if corr and corr.rain_reach is not None else None
         inside = (inside_rain(x_wide, corr.rain_inside, self._working(INSIDE_MM_H))
                   if corr and corr.rain_inside is not None else None)
+        hole_below = self._working(WET_MM_H)
+        wide_mm_h = inverse(x_wide, self.transform) if corr and corr.amplitude is not None else None
         for group in _groups(ids, size):
             if corr:
                 cond = self._cond(corr, x_wide, aux, lr_grid=True)
@@ -205,9 +207,10 @@ class Pipeline:
                 if beyond is not None:
                     x_corr = x_corr.masked_fill(beyond, 0.0)
                 if inside is not None:   # no dry holes inside widespread rain: filled from the member (dry.py)
-                    x_corr = fill_holes(x_corr, inside & (x_corr < self._working(WET_MM_H)), x_wide)
-                if corr.amplitude is not None:   # on the whole domain, before the crop: windows see the neighbours
-                    x_corr = self._keep_rain(x_corr, x_wide, corr.amplitude)
+                    x_corr = fill_holes(x_corr, inside & (x_corr < hole_below), x_wide)
+                if wide_mm_h is not None:   # on the whole domain, before the crop: windows see the neighbours
+                    kept = amplitude.keep_rain(inverse(x_corr, self.transform), wide_mm_h, corr.amplitude)
+                    x_corr = forward(kept, self.transform).to(x_corr.dtype)
                 x_corr = x_corr[:, :, inner[0], inner[1]]
             else:
                 x_corr = x_sat.expand(len(group), 1, h, w)
@@ -234,11 +237,6 @@ class Pipeline:
 
     def _working(self, mm_h: float) -> float:
         return float(forward(torch.tensor(mm_h, dtype=torch.float64), self.transform))
-
-    def _keep_rain(self, x_corr, x_input, amp):
-        """The amplitude rule (amplitude.py) on corrected members in working space, through mm/h."""
-        kept = amplitude.keep_rain(inverse(x_corr, self.transform), inverse(x_input, self.transform), amp)
-        return forward(kept, self.transform).to(x_corr.dtype)
 
     def images_per_field(self, height: int, width: int, members: int, steps: int | None = None,
                          context=None) -> int:

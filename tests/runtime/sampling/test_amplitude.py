@@ -1,7 +1,5 @@
 """runtime/sampling/amplitude.py: the correction keeps the input's rain in every window (issue 33), member by
 member, the same on any batch or tiling; a bad "amplitude" entry is refused with the rule it breaks."""
-import json
-import shutil
 
 import numpy as np
 import pytest
@@ -11,16 +9,16 @@ import precipfast
 from precipfast.config import AmplitudeConfig
 from precipfast.errors import EngineMismatchError
 from precipfast.runtime.engines.bundle import open_bundle
-from precipfast.runtime.sampling.amplitude import keep_rain, window_sum
+from precipfast.runtime.sampling.amplitude import keep_rain, window_mean
 
 
-def test_window_sum_is_a_normalised_gaussian_mean():
+def test_window_mean_is_a_normalised_gaussian_mean():
     x = torch.zeros(1, 1, 31, 31, dtype=torch.float64)
     x[0, 0, 15, 15] = 1.0
-    m = window_sum(x, 2.0)[0, 0]
+    m = window_mean(x, 2.0)[0, 0]
     assert m.sum().item() == pytest.approx(1.0, rel=1e-9)          # mass kept away from the border
     assert m[15, 15] == m.max() and m[15, 17].item() == pytest.approx(m[15, 15].item() * np.exp(-0.5), rel=1e-9)
-    ones = window_sum(torch.ones(1, 1, 7, 9), 3.0)                   # renormalised at the border: a mean
+    ones = window_mean(torch.ones(1, 1, 7, 9), 3.0)                   # renormalised at the border: a mean
     assert torch.allclose(ones, torch.ones_like(ones, dtype=torch.float64))
 
 
@@ -33,7 +31,7 @@ def test_keep_rain_gives_each_member_the_input_s_rain_in_every_window():
     amp = AmplitudeConfig(keep=1.0, window_px=3.0, max_gain=100.0)
     kept = keep_rain(members, ref, amp)
     # every window of every member now holds the input's rain (to the smoothness of the gain field)
-    ratio = window_sum(kept, 3.0) / window_sum(ref, 3.0)
+    ratio = window_mean(kept, 3.0) / window_mean(ref, 3.0)
     assert ratio.mean().item() == pytest.approx(1.0, abs=0.01) and (ratio - 1).abs().max() < 0.2
     # rain moves, it is not made: where a member was dry it stays dry; members stay in their order at a pixel
     members[1, 0, 10:14, 10:14] = 0
@@ -69,30 +67,18 @@ def test_raising_rain_lifts_no_pixel_above_the_input_s_nearby_peak():
     assert kept.max() <= 9.0 and (kept[0] <= 6.0).all()
 
 
-def _with_amplitude(shipped_bundle, tmp_path, amp, name="b"):
-    """A copy of the shipped bundle whose correction has `amp` as its amplitude entry (None: none, as 0.3.x)."""
-    copy = tmp_path / name
-    shutil.copytree(shipped_bundle, copy)
-    m = json.loads((copy / "manifest.json").read_text())
-    m["stages"]["correction"]["amplitude"] = amp
-    if amp is None:
-        del m["stages"]["correction"]["amplitude"]
-    (copy / "manifest.json").write_text(json.dumps(m))
-    return copy
-
-
-def test_the_pipeline_keeps_the_input_s_rain_on_any_batch(shipped_bundle, tmp_path):
+def test_the_pipeline_keeps_the_input_s_rain_on_any_batch(shipped_with):
     """Through Pipeline.sample: each corrected member holds the input's rain over a widespread field, where
     the same net without the rule keeps much less; member groups of any size give the same members."""
     torch.set_num_threads(1)
-    copy = _with_amplitude(shipped_bundle, tmp_path, {"keep": 1.0, "window_px": 4.0, "max_gain": 4.0})
+    copy = shipped_with(amplitude={"keep": 1.0, "window_px": 4.0, "max_gain": 4.0})
     assert open_bundle(copy).amplitude("correction") == AmplitudeConfig(1.0, 4.0, 4.0)
     yy, xx = np.mgrid[:24, :24]
     field = (3.0 + 2.5 * np.sin(yy / 3.0) * np.cos(xx / 4.0)).astype(np.float32)
     lat, lon = 40.95 - 0.1 * np.arange(24), -100.95 + 0.1 * np.arange(24)
     kw = dict(lat=lat, lon=lon, members=4, seed=3, steps=2)
     ruled = precipfast.Pipeline.from_bundle(copy, device="cpu", backend="torch", stages=("correction",))
-    plain = precipfast.Pipeline.from_bundle(_with_amplitude(shipped_bundle, tmp_path, None, "plain"), device="cpu",
+    plain = precipfast.Pipeline.from_bundle(shipped_with("plain", amplitude=None), device="cpu",
                                             backend="torch", stages=("correction",))
     got, raw = ruled.sample(field, **kw)["corrected_lr"], plain.sample(field, **kw)["corrected_lr"]
     total = field.sum()
@@ -113,6 +99,6 @@ def test_the_pipeline_keeps_the_input_s_rain_on_any_batch(shipped_bundle, tmp_pa
     ({"keep": True, "window_px": 4.0, "max_gain": 4.0}, "finite numbers"),
     ([1.0, 4.0, 4.0], "only the correction stage may, as an object"),
 ])
-def test_a_bad_amplitude_entry_is_refused(shipped_bundle, tmp_path, amp, why):
+def test_a_bad_amplitude_entry_is_refused(shipped_with, amp, why):
     with pytest.raises(EngineMismatchError, match=why):
-        open_bundle(_with_amplitude(shipped_bundle, tmp_path, amp))
+        open_bundle(shipped_with(amplitude=amp))

@@ -1,7 +1,5 @@
 """runtime/sampling/dry.py: dry in, dry out. A dry coarse pixel pools only dry 1 km pixels, and the correction
 puts no rain beyond the reach of its training errors (the bundle stage's rain_reach_px)."""
-import json
-import shutil
 
 import numpy as np
 import pytest
@@ -80,29 +78,16 @@ def test_fill_holes_takes_the_member_s_own_neighbours():
     assert fill_holes(x, torch.zeros_like(holes), fallback) is x
 
 
-def _with(shipped_bundle, tmp_path, **entry):
-    copy = tmp_path / "b"
-    shutil.copytree(shipped_bundle, copy)
-    m = json.loads((copy / "manifest.json").read_text())
-    for k, v in entry.items():
-        if v is None:
-            m["stages"]["correction"].pop(k, None)
-        else:
-            m["stages"]["correction"][k] = v
-    (copy / "manifest.json").write_text(json.dumps(m))
-    return copy
-
-
-def test_no_dry_holes_inside_widespread_rain(shipped_bundle, tmp_path):
+def test_no_dry_holes_inside_widespread_rain(shipped_with):
     """Uniform 2-3 mm/h stratiform rain: without the rule the generator punches dry 10 km holes into some
     members; with rain_inside_px 3 none is (the whole 7 x 7 input square rains >= 1 mm/h everywhere)."""
     torch.set_num_threads(1)
     yy, xx = np.mgrid[:24, :24]
     field = 2.5 + 0.5 * np.sin(yy / 2.0) * np.cos(xx / 3.0)
-    plain = precipfast.Pipeline.from_bundle(_with(shipped_bundle, tmp_path, rain_inside_px=None), device="cpu",
+    plain = precipfast.Pipeline.from_bundle(shipped_with("plain", rain_inside_px=None), device="cpu",
                                             backend="torch", stages=("correction",))
     holes = (_sample(plain, field, members=16)["corrected_lr"] < 0.1).sum()
-    ruled = precipfast.Pipeline.from_bundle(_with(shipped_bundle, tmp_path / "r", rain_inside_px=3), device="cpu",
+    ruled = precipfast.Pipeline.from_bundle(shipped_with("ruled", rain_inside_px=3), device="cpu",
                                             backend="torch", stages=("correction",))
     got = _sample(ruled, field, members=16)["corrected_lr"]
     assert holes > 0 and (got < 0.1).sum() == 0, holes
@@ -110,6 +95,6 @@ def test_no_dry_holes_inside_widespread_rain(shipped_bundle, tmp_path):
 
 @pytest.mark.parametrize("key", ["rain_reach_px", "rain_inside_px"])
 @pytest.mark.parametrize("value", [-1, 65, 2.5, True, "9"])
-def test_a_bad_rain_reach_is_refused(shipped_bundle, tmp_path, key, value):
+def test_a_bad_rain_reach_is_refused(shipped_with, key, value):
     with pytest.raises(EngineMismatchError, match=f"{key} .* is invalid; expected an integer 0-64"):
-        open_bundle(_with(shipped_bundle, tmp_path, **{key: value}))
+        open_bundle(shipped_with(**{key: value}))
